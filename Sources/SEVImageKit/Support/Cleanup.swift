@@ -1,0 +1,70 @@
+import Foundation
+
+/// Paths to remove if the process stops before it finishes: temporary files and half-built outputs.
+///
+/// Work registers a path before it creates it and unregisters it once the file is in place; a signal
+/// handler (or an error path) removes whatever is still registered, newest first.
+public final class Cleanup: @unchecked Sendable {
+    public static let shared = Cleanup()
+    private let lock = NSLock()
+    private var paths: [String] = []
+
+    public func register(_ path: String) { lock.withLock { paths.append(path) } }
+
+    public func unregister(_ path: String) {
+        lock.withLock { paths.removeAll { $0 == path } }
+    }
+
+    /// Removes every registered path, last registered first.
+    public func removeAll() {
+        let pending = lock.withLock { () -> [String] in
+            defer { paths.removeAll() }
+            return paths
+        }
+        for path in pending.reversed() { try? FileManager.default.removeItem(atPath: path) }
+    }
+}
+
+/// A private temporary directory next to the output (same filesystem, so renames are atomic),
+/// removed when the value is released or the process is interrupted.
+public final class TemporaryDirectory {
+    public let path: String
+
+    public init(near outputPath: String, purpose: String = "sevimage") throws {
+        let directory = (outputPath as NSString).deletingLastPathComponent
+        let parent = directory.isEmpty ? "." : directory
+        var template = Array("\(parent)/.\(purpose)-XXXXXX".utf8CString)
+        guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw GeneralError.io("create a temporary directory in", path: parent, errno: errno)
+        }
+        path = String(cString: created)
+        Cleanup.shared.register(path)
+    }
+
+    public func file(_ name: String) -> String { path + "/" + name }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: path)
+        Cleanup.shared.unregister(path)
+    }
+}
+
+/// Stops children and removes registered paths on SIGINT, SIGTERM and SIGHUP, then exits 130/143/129.
+public func installSignalHandlers() {
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler {
+            ChildProcesses.shared.terminateAll()
+            Cleanup.shared.removeAll()
+            Console.error("interrupted by signal \(sig); partial outputs were removed")
+            exit(128 + sig)
+        }
+        source.resume()
+        SignalSources.keep.append(source)
+    }
+}
+
+private enum SignalSources {
+    nonisolated(unsafe) static var keep: [any DispatchSourceSignal] = []
+}

@@ -1,0 +1,72 @@
+/// How a failure ends the process. The numbers are part of the command-line contract (README, "Exit codes").
+public enum ExitStatus: Int32, Sendable, CaseIterable {
+    /// Everything asked for was done.
+    case success = 0
+    /// The operation failed: an I/O error, an external tool or a library call failed.
+    case failure = 1
+    /// The arguments or an input file (root tree, profile, passphrase file, image, firmware) are not usable.
+    case invalidInput = 2
+    /// The output exists (and `--force` was not given) or another sevimage process holds the image.
+    case conflict = 3
+    /// A check failed: `verify` found a mismatch, or `launch` saw a measurement it must not trust.
+    case verificationFailed = 4
+    /// The passphrase does not open any keyslot.
+    case wrongPassphrase = 5
+    /// Interrupted by a signal; everything half-done was removed.
+    case interrupted = 130
+}
+
+/// An error that the command line shows as one line and turns into an exit status.
+///
+/// Every module's error enum conforms; `description` is the line the user reads: lowercase,
+/// specific, and saying what to do where that is not obvious.
+public protocol SEVImageError: Error, CustomStringConvertible, Sendable {
+    var exitStatus: ExitStatus { get }
+}
+
+/// Errors that belong to no single module: bad arguments and environment problems.
+public enum GeneralError: SEVImageError {
+    case invalidArgument(String)
+    case missingTool(String, package: String)
+    case toolFailed(String, status: Int32, stderr: String)
+    case io(String, path: String, errno: Int32)
+    case outputExists(String)
+    case locked(String)
+    case interrupted
+
+    public var exitStatus: ExitStatus {
+        switch self {
+        case .invalidArgument: .invalidInput
+        case .missingTool, .toolFailed, .io: .failure
+        case .outputExists, .locked: .conflict
+        case .interrupted: .interrupted
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .invalidArgument(let message):
+            return message
+        case .missingTool(let tool, let package):
+            return "\(tool) is not installed; install the Debian package \(package)"
+        case .toolFailed(let tool, let status, let stderr):
+            let detail = stderr.split(separator: "\n").last.map { ": " + $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            return "\(tool) failed with status \(status)\(detail)"
+        case .io(let operation, let path, let errno):
+            return "cannot \(operation) \(path): \(errnoDescription(errno))"
+        case .outputExists(let path):
+            return "\(path) exists; pass --force to replace it"
+        case .locked(let path):
+            return "\(path) is in use by another sevimage process"
+        case .interrupted:
+            return "interrupted; partial outputs were removed"
+        }
+    }
+}
+
+import Foundation
+
+/// `strerror` text for an errno value, in lowercase as the rest of our messages.
+public func errnoDescription(_ code: Int32) -> String {
+    String(cString: strerror(code)).lowercased()
+}

@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import SEVImageKit
+
+/// The root command: only the list of subcommands. Each subcommand lives in its own file.
+struct SEVImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sevimage",
+        abstract: "Provision encrypted disk images for confidential VMs on AMD SEV.",
+        version: SEVImageKit.version,
+        subcommands: [
+        ]
+    )
+}
+
+@main
+enum Main {
+    static func main() {
+        installSignalHandlers()
+        do {
+            var command = try SEVImageCommand.parseAsRoot()
+            try command.run()
+        } catch {
+            exitAfter(error)
+        }
+    }
+
+    /// One line on stderr and the contract's exit status; help and version go through unchanged.
+    static func exitAfter(_ error: Error) -> Never {
+        switch error {
+        case let error as SEVImageError:
+            Console.error(error.description)
+            exit(error.exitStatus.rawValue)
+        case let error as ExitCode:
+            exit(error.rawValue)
+        default:
+            let code = SEVImageCommand.exitCode(for: error)
+            if code == .success { SEVImageCommand.exit(withError: error) }
+            let message = SEVImageCommand.message(for: error)
+                .split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            Console.error("\(message.replacingOccurrences(of: "Error: ", with: "").lowercasedFirst) (see --help)")
+            exit(ExitStatus.invalidInput.rawValue)
+        }
+    }
+}
+
+extension String {
+    var lowercasedFirst: String { prefix(1).lowercased() + dropFirst() }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import Testing
+@testable import SEVImageKit
+
+/// The repository's root (tests read `profiles/`, `scripts/` and `Tests/Oracles/` from it).
+let repositoryRoot: URL = {
+    var url = URL(fileURLWithPath: #filePath)
+    while url.path != "/" {
+        url.deleteLastPathComponent()
+        if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url }
+    }
+    fatalError("Package.swift not found above \(#filePath)")
+}()
+
+/// The `sevimage` binary built beside the test bundle.
+let sevimageBinary: String = {
+    let bundleDirectory = Bundle.main.bundleURL.deletingLastPathComponent()
+    for candidate in [bundleDirectory, URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent("sevimage").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return repositoryRoot.appendingPathComponent(".build/debug/sevimage").path
+}()
+
+/// What a finished process left behind.
+struct RunResult: CustomStringConvertible {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var stdoutData: Data
+    var description: String { "status \(status)\nstdout: \(stdout)\nstderr: \(stderr)" }
+}
+
+/// Runs a program to completion, capturing stdout and stderr. `user` runs it through `setpriv` as that uid.
+@discardableResult
+func runProgram(_ executable: String, _ arguments: [String], input: Data? = nil, environment: [String: String] = [:],
+                user: UInt32? = nil, currentDirectory: String? = nil) throws -> RunResult {
+    let process = Process()
+    var arguments = arguments
+    var executable = executable
+    if let user {
+        arguments = ["--reuid=\(user)", "--regid=\(user)", "--clear-groups", "--", executable] + arguments
+        executable = "/usr/bin/setpriv"
+    }
+    if !executable.hasPrefix("/") {
+        executable = try ExternalTool(executable, package: "?").resolve()
+    }
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    for (key, value) in environment { env[key] = value }
+    process.environment = env
+    if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
+    let out = Pipe(), err = Pipe(), inPipe = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+    try process.run()
+    if let input {
+        inPipe.fileHandleForWriting.write(input)
+        try inPipe.fileHandleForWriting.close()
+    }
+    let errBox = Box()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    process.waitUntilExit()
+    return RunResult(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                     stderr: String(decoding: errBox.data, as: UTF8.self), stdoutData: stdout)
+}
+
+private final class Box: @unchecked Sendable { var data = Data() }
+
+/// Runs the `sevimage` command line.
+@discardableResult
+func sevimage(_ arguments: [String], input: Data? = nil, environment: [String: String] = [:], user: UInt32? = nil) throws -> RunResult {
+    try runProgram(sevimageBinary, arguments, input: input, environment: environment, user: user)
+}
+
+/// A scratch directory removed when the test ends.
+final class Scratch {
+    let path: String
+    init() throws {
+        var template = Array("/tmp/sevimage-test-XXXXXX".utf8CString)
+        guard let p = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw GeneralError.io("create", path: "/tmp", errno: errno)
+        }
+        path = String(cString: p)
+        chmod(path, 0o777)
+    }
+    func file(_ name: String) -> String { path + "/" + name }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Whether an external program is installed (tests that need it say so with `.enabled(if:)`).
+func hasTool(_ name: String) -> Bool {
+    (try? ExternalTool(name, package: "?").resolve()) != nil
+}
+
+/// The Python interpreter that has the test oracles' packages (`cryptography`, `sev-snp-measure`).
+let python3: String = ProcessInfo.processInfo.environment["SEVIMAGE_PYTHON"] ?? "python3"

@@ -9,7 +9,7 @@ public struct GUID: Hashable, Sendable, CustomStringConvertible, Codable, Compar
         let digits = text.replacingOccurrences(of: "-", with: "")
         guard text.count == 36, digits.count == 32,
               Array(text.utf8).enumerated().allSatisfy({ i, c in [8, 13, 18, 23].contains(i) ? c == 45 : c != 45 }),
-              let parsed = SEVImageKit.bytes(fromHex: digits) else { return nil }
+              let parsed = hexBytes(digits) else { return nil }
         bytes = parsed
     }
 

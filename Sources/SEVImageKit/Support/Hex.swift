@@ -10,7 +10,7 @@ public func hex(_ bytes: some Sequence<UInt8>) -> String {
 }
 
 /// Bytes from hex (either case); nil when the text is not an even number of hex digits.
-public func bytes(fromHex text: String) -> [UInt8]? {
+public func hexBytes(_ text: String) -> [UInt8]? {
     let chars = Array(text.utf8)
     guard chars.count % 2 == 0 else { return nil }
     var out = [UInt8]()

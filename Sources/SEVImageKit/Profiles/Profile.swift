@@ -2,7 +2,8 @@
 ///
 /// Every key here is documented in the README ("Profiles") with its default. The TOML keys are the
 /// snake_case forms of these names, grouped in tables: `[image]`, `[esp]`, `[luks]`, `[boot]`,
-/// `[firmware]`, `[build]`, `[recovery]`.
+/// `[firmware]`, `[output]`, `[recovery]` (see `Profile.keys` for the exact mapping and limits).
+/// `Profile.load(nameOrPath:)` reads one; `Profile()` holds the defaults, which `profiles/default.toml` spells out.
 public struct Profile: Sendable, Equatable, Codable {
     /// The profile's name (file name without `.toml`), or the path it was loaded from.
     public var name: String = "default"
@@ -34,11 +35,14 @@ public struct Profile: Sendable, Equatable, Codable {
     public var vcpuType: String = "EPYC-v4"
     /// Allow a firmware without an SEV secret area (the image then boots only through the ESP and a typed passphrase).
     public var allowStandardBootOnly: Bool = false
-    // [build]
+    // [output]
     /// Print one JSON object on stdout by default.
     public var json: Bool = false
     /// Print no progress.
     public var quiet: Bool = false
+    // [recovery]
+    /// Add a second keyslot for a recovery passphrase a person keeps (PBKDF2 with `recoveryPbkdf2Iterations`).
+    public var recoveryKeyslot: Bool = false
 
     public init() {}
 }

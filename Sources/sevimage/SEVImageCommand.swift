@@ -9,6 +9,10 @@ struct SEVImageCommand: ParsableCommand {
         abstract: "Provision encrypted disk images for confidential VMs on AMD SEV.",
         version: SEVImageKit.version,
         subcommands: [
+            SecretCommand.self,
+            LaunchCommand.self,
+            Firmware.self,
+            ProfilesCommand.self,
         ]
     )
 }

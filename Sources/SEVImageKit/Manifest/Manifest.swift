@@ -83,7 +83,7 @@ public struct Manifest: Codable, Sendable, Equatable {
         /// The GUID of the entry that carries the disk passphrase.
         public var entryGUID: String
         /// Where the passphrase file was written, relative to the manifest.
-        public var passphraseFile: String
+        public var passphraseFile: String?
     }
 
     public struct Reproducibility: Codable, Sendable, Equatable {

@@ -59,3 +59,27 @@ public enum Crypto {
         return Array(out.prefix(Int(outLength + finalLength)))
     }
 }
+
+extension Crypto {
+    /// SHA-256 (or SHA-384) of a file, read in 1 MiB pieces.
+    public static func hashFile(_ path: String, sha384: Bool = false) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw GeneralError.io("open", path: path, errno: errno) }
+        defer { close(fd) }
+        guard let ctx = EVP_MD_CTX_new() else { throw Failure.openssl("EVP_MD_CTX_new") }
+        defer { EVP_MD_CTX_free(ctx) }
+        guard EVP_DigestInit_ex(ctx, sha384 ? EVP_sha384() : EVP_sha256(), nil) == 1 else { throw Failure.openssl("digest init") }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw GeneralError.io("read", path: path, errno: errno) }
+            if n == 0 { break }
+            guard EVP_DigestUpdate(ctx, buffer, n) == 1 else { throw Failure.openssl("digest update") }
+        }
+        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(ctx, &out, &length) == 1 else { throw Failure.openssl("digest final") }
+        return Array(out.prefix(Int(length)))
+    }
+}

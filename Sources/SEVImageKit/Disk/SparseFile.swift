@@ -1,0 +1,113 @@
+import Foundation
+
+// Linux lseek whences (unistd.h); Glibc does not export them to Swift.
+private let SEEK_DATA: Int32 = 3
+private let SEEK_HOLE: Int32 = 4
+
+/// An open file read and written by offset (pread/pwrite), with its data extents (SEEK_DATA/SEEK_HOLE).
+///
+/// Owns the descriptor and closes it in `deinit`. `@unchecked Sendable`: pread/pwrite on one
+/// descriptor are safe from several threads, which the encryption step relies on.
+public final class RawFile: @unchecked Sendable {
+    public let path: String
+    public let fd: Int32
+
+    /// Opens an existing file.
+    public init(path: String, writable: Bool) throws {
+        self.path = path
+        fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
+        guard fd >= 0 else { throw GeneralError.io("open", path: path, errno: errno) }
+    }
+
+    /// Creates a new sparse file of `size` bytes (it must not exist).
+    public init(creating path: String, size: UInt64) throws {
+        self.path = path
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw GeneralError.io("create", path: path, errno: errno) }
+        guard ftruncate(fd, off_t(size)) == 0 else { throw GeneralError.io("size", path: path, errno: errno) }
+    }
+
+    deinit { close(fd) }
+
+    public var size: UInt64 {
+        var info = stat()
+        return fstat(fd, &info) == 0 ? UInt64(info.st_size) : 0
+    }
+
+    /// The byte ranges that hold data (everything else reads as zeros and takes no space).
+    public func dataExtents() throws -> [Range<UInt64>] {
+        var extents: [Range<UInt64>] = []
+        let end = off_t(size)
+        var position: off_t = 0
+        while position < end {
+            let start = lseek(fd, position, SEEK_DATA)
+            if start < 0 {
+                if errno == ENXIO { break }
+                throw GeneralError.io("map the data of", path: path, errno: errno)
+            }
+            var stop = lseek(fd, start, SEEK_HOLE)
+            if stop < 0 { stop = end }
+            extents.append(UInt64(start)..<UInt64(stop))
+            position = stop
+        }
+        return extents
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                if n == 0 { throw GeneralError.io("read (unexpected end of file)", path: path, errno: EIO) }
+                throw GeneralError.io("read", path: path, errno: errno)
+            }
+            done += n
+        }
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw GeneralError.io("write", path: path, errno: errno) }
+            done += n
+        }
+    }
+
+    public func sync() throws {
+        guard fsync(fd) == 0 else { throw GeneralError.io("flush", path: path, errno: errno) }
+    }
+
+    /// Copies this file's data extents (within `range`) into `target` at `targetOffset + (offset - range.lowerBound)`.
+    public func copyData(in range: Range<UInt64>, to target: RawFile, at targetOffset: UInt64) throws {
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        for extent in try dataExtents() {
+            var position = max(extent.lowerBound, range.lowerBound)
+            let end = min(extent.upperBound, range.upperBound)
+            while position < end {
+                let count = Int(min(UInt64(chunk), end - position))
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+                try read(into: slice, at: position)
+                try target.write(UnsafeRawBufferPointer(slice), at: targetOffset + position - range.lowerBound)
+                position += UInt64(count)
+            }
+        }
+    }
+}
+
+/// Merges overlapping or touching ranges into a sorted list.
+func mergeRanges(_ ranges: [Range<UInt64>]) -> [Range<UInt64>] {
+    var merged: [Range<UInt64>] = []
+    for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) where !range.isEmpty {
+        if let last = merged.last, range.lowerBound <= last.upperBound {
+            merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+        } else {
+            merged.append(range)
+        }
+    }
+    return merged
+}

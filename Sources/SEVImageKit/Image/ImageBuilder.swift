@@ -1,0 +1,220 @@
+import Foundation
+
+/// What `sevimage create` is asked to build.
+public struct CreateRequest: Sendable {
+    public var rootfs: String
+    public var output: String
+    public var profile: Profile
+    /// The passphrase from `--passphrase-file`; nil generates one and writes `IMAGE.passphrase`.
+    public var passphrase: Passphrase?
+    public var force = false
+    public var ovmf: String?
+    public var seed: String?
+    /// `SOURCE_DATE_EPOCH`: every timestamp written, and the manifest's creation time.
+    public var sourceDateEpoch: Int64?
+
+    public init(rootfs: String, output: String, profile: Profile) {
+        self.rootfs = rootfs
+        self.output = output
+        self.profile = profile
+    }
+
+    public var manifestPath: String { Manifest.defaultPath(forImage: output) }
+    public var passphrasePath: String { stem(output) + ".passphrase" }
+}
+
+/// What `create` made.
+public struct CreateResult: Sendable, Codable {
+    public var image: String
+    public var manifest: String
+    /// Nil when the passphrase came from `--passphrase-file`.
+    public var passphraseFile: String?
+    public var virtualSize: UInt64
+    public var imageBytes: UInt64
+    public var encryptedBytes: UInt64
+    public var luksUUID: String
+    public var seconds: Double
+}
+
+/// Builds a two-partition QCOW2 image (ESP + LUKS2 root with /boot inside) from a root tree.
+///
+/// Everything happens in plain files in a private directory next to the output: no mount, no loop
+/// device, no device-mapper, no root. The outputs appear only when all of them are complete:
+/// passphrase first, then manifest, then the image, each fsync'ed and linked into place.
+public struct ImageBuilder {
+    public let request: CreateRequest
+    public let progress: Progress
+
+    public init(request: CreateRequest, progress: Progress) {
+        self.request = request
+        self.progress = progress
+    }
+
+    public func run() throws -> CreateResult {
+        let started = Date()
+        let profile = request.profile
+        for path in [request.output, request.manifestPath] + (request.passphrase == nil ? [request.passphrasePath] : []) {
+            try OutputFiles.checkWritable(path, force: request.force)
+        }
+        let firmware = try request.ovmf.map {
+            try FirmwareLink.make(ovmfPath: $0, modes: profile.measureModes, vcpus: profile.vcpus,
+                                  vcpuType: profile.vcpuType, allowNoSecretArea: profile.allowStandardBootOnly)
+        }
+        let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
+        let scratch = try TemporaryDirectory(near: request.output)
+        let tree = try InterimRootTree.prepare(source: request.rootfs, scratch: scratch.file("tree"))
+        let ext4Size = layout.rootSize - LUKSLayout.headerSize
+        try checkFits(tree: tree, ext4Size: ext4Size)
+
+        let ids = Identities(seed: request.seed)
+        let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
+        let luksUUID = try ids.guid("luks"), ext4UUID = try ids.guid("ext4"), hashSeed = try ids.guid("ext4-hash-seed")
+        let fatID = try ids.uint32("fat")
+        let timestamp = request.sourceDateEpoch
+
+        // 1. The root filesystem, in the clear, in its own sparse file.
+        progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
+        var commands = tree.debugfsCommands
+        if !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub/grub.cfg") {
+            let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
+            let cfg = GrubRootConfig(kernel: kernel, initrd: initrd,
+                                     commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUID) \(profile.kernelCommandLine)",
+                                     timeout: profile.grubTimeout)
+            let cfgPath = scratch.file("grub.cfg")
+            try Data(cfg.text.utf8).write(to: URL(fileURLWithPath: cfgPath))
+            commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
+                                       makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
+        }
+        let ext4Path = scratch.file("root.ext4")
+        try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
+            .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: commands)
+
+        // 2. The raw disk with its GPT.
+        progress.step("writing the GPT (\(formatSize(layout.diskSize)) disk)")
+        let rawPath = scratch.file("disk.raw")
+        let disk = try RawFile(creating: rawPath, size: layout.diskSize)
+        try GPTWriter(path: rawPath).write(diskGUID: diskGUID, partitions: [
+            GPTPartition(firstLBA: layout.espFirstLBA, lastLBA: layout.espLastLBA, type: KnownGUID.espType, guid: espGUID, name: "esp"),
+            GPTPartition(firstLBA: layout.rootFirstLBA, lastLBA: layout.rootLastLBA, type: KnownGUID.rootX86_64Type, guid: rootGUID, name: "root-x86-64"),
+        ])
+
+        // 3. The ESP with GRUB.
+        progress.step("building the EFI system partition with GRUB")
+        let grubPath = scratch.file("BOOTX64.EFI")
+        try GrubImage.buildStandalone(output: grubPath,
+                                      config: GrubImage.embeddedConfig(luksUUID: luksUUID.description, rootFilesystemUUID: ext4UUID.description),
+                                      scratch: scratch.path)
+        let espPath = scratch.file("esp.fat")
+        let esp = ESPBuilder(volumeID: fatID)
+        try esp.build(path: espPath, size: layout.espSize, files: [("EFI/BOOT/BOOTX64.EFI", grubPath)], timestamp: timestamp)
+        try RawFile(path: espPath, writable: false).copyData(in: 0..<layout.espSize, to: disk, at: layout.espOffset)
+
+        // 4. The LUKS2 header (libcryptsetup) and its keyslot.
+        progress.step("formatting LUKS2 (aes-xts-plain64, 4096-byte sectors, PBKDF2 \(profile.pbkdf2Iterations) iterations)")
+        let passphrase = try request.passphrase ?? Passphrase.generate()
+        let volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
+        let headerPath = scratch.file("luks.header")
+        _ = try RawFile(creating: headerPath, size: layout.rootSize)
+        let luks = try CryptDevice(path: headerPath)
+        try luks.format(volumeKey: volumeKey, uuid: luksUUID.description, dataOffset: LUKSLayout.headerSize,
+                        sectorSize: LUKSLayout.sectorSize, label: nil)
+        try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
+        let keyslots = luks.keyslots
+        try RawFile(path: headerPath, writable: false).copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
+
+        // 5. The root's data, encrypted: what ext4 uses, or the whole partition with wipe_free_space.
+        let plaintext = try RawFile(path: ext4Path, writable: false)
+        let regions = profile.wipeFreeSpace ? [0..<ext4Size] : try usedRegions(of: plaintext)
+        let total = DataEncryption.totalBytes(regions)
+        progress.step("encrypting \(formatSize(total)) of the root filesystem")
+        try DataEncryption.run(source: plaintext, regions: regions, key: volumeKey, target: disk,
+                               targetOffset: layout.rootOffset + LUKSLayout.headerSize,
+                               progress: progress.meter("encrypting", total: total))
+        try disk.sync()
+
+        // 6. QCOW2: qemu-img leaves holes and zero runs unallocated.
+        progress.step("converting to QCOW2")
+        let qcowPath = scratch.file("image.qcow2")
+        try ExternalTool.qemuImg.run(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", rawPath, qcowPath])
+        let imageSHA = hex(try Crypto.hashFile(qcowPath))
+        let imageBytes = try RawFile(path: qcowPath, writable: false).size
+
+        // 7. Manifest and passphrase, then publish.
+        let createdAt = iso8601(timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? started)
+        let manifest = Manifest(
+            tool: .init(), createdAt: createdAt,
+            image: .init(file: (request.output as NSString).lastPathComponent, format: "qcow2", virtualSize: layout.diskSize,
+                         sha256: imageSHA, diskGUID: diskGUID.description),
+            partitions: [
+                .init(number: 1, role: "esp", name: "esp", typeGUID: KnownGUID.espType.description, partitionGUID: espGUID.description,
+                      firstLBA: layout.espFirstLBA, lastLBA: layout.espLastLBA, filesystem: "vfat", filesystemUUID: esp.volumeIDText,
+                      innerFilesystem: nil, innerFilesystemUUID: nil),
+                .init(number: 2, role: "root", name: "root-x86-64", typeGUID: KnownGUID.rootX86_64Type.description,
+                      partitionGUID: rootGUID.description, firstLBA: layout.rootFirstLBA, lastLBA: layout.rootLastLBA,
+                      filesystem: "crypto_LUKS", filesystemUUID: luksUUID.description, innerFilesystem: "ext4",
+                      innerFilesystemUUID: ext4UUID.description),
+            ],
+            luks: .init(uuid: luksUUID.description, version: 2, cipher: luks.cipher, keySizeBits: luks.volumeKeySize * 8,
+                        sectorSize: luks.sectorSize, dataOffset: luks.dataOffset,
+                        keyslots: keyslots.map { .init(slot: $0.slot, role: "generated", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations) },
+                        encryptedExtent: profile.wipeFreeSpace ? "full" : "used-blocks"),
+            secret: .init(tableGUID: KnownGUID.secretTableHeader.description, entryGUID: KnownGUID.diskPassphraseEntry.description,
+                          passphraseFile: request.passphrase == nil ? (request.passphrasePath as NSString).lastPathComponent : nil),
+            profile: profile.name, firmware: firmware,
+            reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded))
+        let manifestTemp = scratch.file("manifest.json")
+        try manifest.encoded().write(to: URL(fileURLWithPath: manifestTemp))
+
+        if request.passphrase == nil {
+            let passTemp = scratch.file("passphrase")
+            try passphrase.write(toNewFile: passTemp)
+            try OutputFiles.publish(passTemp, as: request.passphrasePath, replace: request.force)
+        }
+        try OutputFiles.publish(manifestTemp, as: request.manifestPath, replace: request.force)
+        try OutputFiles.publish(qcowPath, as: request.output, replace: request.force)
+        progress.step("wrote \(request.output) (\(formatSize(imageBytes)) on disk, \(formatSize(layout.diskSize)) virtual)")
+        return CreateResult(image: request.output, manifest: request.manifestPath,
+                            passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,
+                            virtualSize: layout.diskSize, imageBytes: imageBytes, encryptedBytes: total,
+                            luksUUID: luksUUID.description, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// What the encryption must cover: every extent mke2fs wrote, and every inode table (which mke2fs
+    /// left as holes that must read as zeros: `lazy_itable_init`).
+    func usedRegions(of plaintext: RawFile) throws -> [Range<UInt64>] {
+        let layout = try Ext4Layout(path: plaintext.path)
+        let tables = layout.inodeTables.map { ($0.lowerBound * layout.blockSize)..<($0.upperBound * layout.blockSize) }
+        return mergeRanges(try plaintext.dataExtents() + tables)
+    }
+
+    /// Refuses early, with the shortfall, a tree that cannot fit (mke2fs's own failure is the backstop).
+    func checkFits(tree: InterimPreparedTree, ext4Size: UInt64) throws {
+        // Metadata: inode tables (256 bytes per 16 KiB), the journal (up to 1/64, at most 128 MiB), bitmaps, slack.
+        let metadata = ext4Size / 64 + min(ext4Size / 64, 128 << 20) + (8 << 20)
+        let needed = tree.dataBytes + UInt64(tree.inodeCount) * 4096 / 4 + metadata
+        if needed > ext4Size {
+            throw ImageBuildError.treeLargerThanPartition(needed: needed, available: ext4Size)
+        }
+    }
+
+    /// debugfs commands that copy a local file into the image, owned by root with mode 0644.
+    func debugfsInstall(_ local: String, at target: String, makeDirectory: Bool) -> [String] {
+        let directory = (target as NSString).deletingLastPathComponent
+        var commands: [String] = []
+        if makeDirectory {
+            commands += ["mkdir \"\(directory)\"", "set_inode_field \"\(directory)\" mode 040755",
+                         "set_inode_field \"\(directory)\" uid 0", "set_inode_field \"\(directory)\" gid 0"]
+        }
+        commands += ["write \"\(local)\" \"\(target)\"",
+                     "set_inode_field \"\(target)\" mode 0100644", "set_inode_field \"\(target)\" uid 0", "set_inode_field \"\(target)\" gid 0"]
+        return commands
+    }
+}
+
+/// RFC 3339 UTC, seconds precision.
+public func iso8601(_ date: Date) -> String {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime]
+    formatter.timeZone = TimeZone(identifier: "UTC")
+    return formatter.string(from: date)
+}

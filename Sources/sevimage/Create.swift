@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import SEVImageKit
+
+struct Create: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Build an encrypted two-partition QCOW2 image from a root tree.",
+        discussion: """
+        Writes IMAGE.qcow2, IMAGE.manifest.json and, unless --passphrase-file is given, IMAGE.passphrase
+        (mode 0600, the generated 256-bit passphrase that becomes the SEV secret). Nothing appears at
+        those paths unless the whole build succeeds. Needs no root, no mount and no device-mapper.
+
+        Example: sevimage create --rootfs ./rootfs --output vm.qcow2 --size 8G
+        """
+    )
+
+    @Option(help: ArgumentHelp("The root tree: a directory or a tarball (.tar, .tar.gz, .tar.xz, .tar.zst).", valueName: "dir|tarball"))
+    var rootfs: String
+
+    @Option(help: ArgumentHelp("Where to write the QCOW2 image.", valueName: "image.qcow2"))
+    var output: String
+
+    @Option(help: ArgumentHelp("Virtual disk size (K, M, G, T suffixes); overrides the profile.", valueName: "size"))
+    var size: String?
+
+    @Option(help: ArgumentHelp("A built-in profile name or a profile file.", valueName: "name|file"))
+    var profile: String = "default"
+
+    @Option(help: ArgumentHelp("Link the image to this OVMF build: its hashes, secret area and launch digests go into the manifest.", valueName: "OVMF.fd"))
+    var ovmf: String?
+
+    @Flag(help: "Accept an --ovmf without an SEV secret area: the image is then only for the standard (typed passphrase) boot path.")
+    var standardBootOnly = false
+
+    @Option(help: ArgumentHelp("Use the passphrase in this file instead of generating one (no IMAGE.passphrase is written).", valueName: "file"))
+    var passphraseFile: String?
+
+    @Flag(help: "Encrypt the whole root partition, free space included, so that the image shows no used-block pattern (slower, larger).")
+    var wipeFreeSpace = false
+
+    @Option(help: ArgumentHelp("Derive every UUID from this seed (with SOURCE_DATE_EPOCH: reproducible builds).", valueName: "text"))
+    var seed: String?
+
+    @Flag(help: "Replace existing outputs.")
+    var force = false
+
+    @Flag(help: "Print one JSON object with the result on stdout.")
+    var json = false
+
+    @Flag(help: "Print no progress on stderr.")
+    var quiet = false
+
+    func run() throws {
+        var profile = try Profile.load(nameOrPath: self.profile)
+        if let size { profile.diskSize = try parseSize(size) }
+        if wipeFreeSpace { profile.wipeFreeSpace = true }
+        if standardBootOnly { profile.allowStandardBootOnly = true }
+        var request = CreateRequest(rootfs: rootfs, output: output, profile: profile)
+        request.force = force
+        request.ovmf = ovmf
+        request.seed = seed
+        request.passphrase = try passphraseFile.map { try Passphrase.read(from: $0) }
+        request.sourceDateEpoch = try sourceDateEpoch()
+        let json = self.json || profile.json
+        let result = try ImageBuilder(request: request, progress: Progress(quiet: quiet || profile.quiet || json)).run()
+        if json { try printJSON(result) }
+    }
+}

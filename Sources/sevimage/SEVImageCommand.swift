@@ -9,10 +9,12 @@ struct SEVImageCommand: ParsableCommand {
         abstract: "Provision encrypted disk images for confidential VMs on AMD SEV.",
         version: SEVImageKit.version,
         subcommands: [
+            Create.self,
             SecretCommand.self,
             LaunchCommand.self,
             Firmware.self,
             ProfilesCommand.self,
+            BootCommand.self,
         ]
     )
 }

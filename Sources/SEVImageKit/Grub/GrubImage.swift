@@ -24,7 +24,7 @@ public enum GrubImage {
         return """
         # sevimage: unlock the LUKS2 root, then hand over to the grub.cfg inside it.
         set pager=0
-        echo "sevimage: unlocking the root partition"
+        echo "Unlocking the encrypted root partition."
         if cryptomount -u \(compact); then
           if search --no-floppy --fs-uuid --set=root \(rootFilesystemUUID); then
             set prefix=($root)/boot/grub

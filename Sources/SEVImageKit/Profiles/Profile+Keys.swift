@@ -76,7 +76,7 @@ extension Profile {
                            guard case .string(let mode) = element else { throw ProfileError.wrongType(file: origin.file, line: origin.line, key: origin.key, expected: "an array of strings", found: "an array holding \(element.typeDescription)") }
                            guard Profile.measureModeNames.contains(mode) else {
                                throw ProfileError.invalidValue(file: origin.file, line: origin.line, key: origin.key,
-                                                               message: "has an unknown mode '\(mode)' (use sev, sev-es or sev-snp)")
+                                                               message: "has an unknown mode '\(printable(mode))' (use sev, sev-es or sev-snp)")
                            }
                            return mode
                        }
@@ -148,7 +148,7 @@ private func integer(_ value: TOMLValue, _ origin: ProfileValueOrigin, range: Cl
     guard case .integer(let number) = value else { throw wrongType(value, origin, expected: "an integer") }
     guard range.contains(number) else {
         throw ProfileError.invalidValue(file: origin.file, line: origin.line, key: origin.key,
-                                        message: "must be between \(grouped(range.lowerBound)) and \(grouped(range.upperBound)), not \(grouped(number))")
+                                        message: "must be between \(TOMLValue.integer(range.lowerBound).tomlText) and \(TOMLValue.integer(range.upperBound).tomlText), not \(TOMLValue.integer(number).tomlText)")
     }
     return number
 }

@@ -19,7 +19,10 @@ public enum ProfileError: SEVImageError, Equatable {
 
     public var exitStatus: ExitStatus { .invalidInput }
 
-    public var description: String {
+    /// One line, whatever bytes a profile held.
+    public var description: String { printable(message) }
+
+    private var message: String {
         switch self {
         case .syntax(let file, let line, let message):
             return "profile \(file), line \(line): \(message)"

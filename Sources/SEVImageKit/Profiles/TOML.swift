@@ -387,7 +387,7 @@ private struct Parser {
     }
 
     mutating func boolean() throws(TOMLSyntaxError) -> Bool {
-        let text = String(decoding: token(), as: UTF8.self)
+        let text = printable(String(decoding: token(), as: UTF8.self))
         switch text {
         case "true": return true
         case "false": return false
@@ -397,7 +397,7 @@ private struct Parser {
 
     mutating func integer() throws(TOMLSyntaxError) -> Int64 {
         let bytes = token()
-        let text = String(decoding: bytes, as: UTF8.self)
+        let text = printable(String(decoding: bytes, as: UTF8.self))
         var digits = bytes[...]
         var negative = false
         if let sign = digits.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") {
@@ -454,4 +454,17 @@ private extension String {
     var trimmingQuotes: String {
         hasPrefix("'") && hasSuffix("'") && count >= 2 ? String(dropFirst().dropLast()) : self
     }
+}
+
+/// A user's text made safe for a one-line message: control characters become `\u{..}` escapes.
+func printable(_ text: String) -> String {
+    var result = ""
+    for scalar in text.unicodeScalars {
+        if scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) || scalar == "\u{2028}" || scalar == "\u{2029}" {
+            result += "\\u{" + String(scalar.value, radix: 16) + "}"
+        } else {
+            result.unicodeScalars.append(scalar)
+        }
+    }
+    return result
 }

@@ -242,11 +242,15 @@ struct SplitMix64: RandomNumberGenerator {
     @Test func fuzzNeverCrashes() throws {
         let iterations = 200_000
         var rng = SplitMix64(seed: 0x5EF1_F00D)
-        let seeds = [
+        var seeds = [
             SyntheticOVMF(size: 4096, metadataOffset: 0x400).build(),
             SyntheticOVMF(size: 4096, metadataOffset: 0x400, sections: [(0x1000, 0x1000, 2)], tdx: false, extraEntry: nil).build(),
             SyntheticOVMF(size: 4096, secretBlock: (0, 0), resetAddress: nil, metadataOffset: nil).build(),
         ]
+        // The last 8 KiB of Debian's real OVMF.fd: its table and its metadata (0x52c bytes from the end).
+        if let real = FileManager.default.contents(atPath: "/usr/share/ovmf/OVMF.fd"), real.count >= 8192 {
+            seeds.append([UInt8](real.suffix(8192)))
+        }
         var outcomes: [String: Int] = [:]
         var violations = 0
         for i in 0..<iterations {

@@ -1,5 +1,6 @@
 /// What `sevimage firmware inspect` reports: the file's identity, its GUIDed table and the verdict.
 public struct FirmwareInspection: Codable, Sendable, Equatable {
+    /// One GUIDed table entry, nearest the footer first.
     public struct Entry: Codable, Sendable, Equatable {
         public var guid: String
         /// `sev-secret-block`, `sev-hash-table`, `sev-es-reset-block`, `sev-metadata`, `tdx-metadata`; nil if unknown.
@@ -11,6 +12,7 @@ public struct FirmwareInspection: Codable, Sendable, Equatable {
         public var data: String
     }
 
+    /// One SEV metadata section.
     public struct Section: Codable, Sendable, Equatable {
         public var gpa: UInt32
         public var size: UInt32
@@ -18,6 +20,7 @@ public struct FirmwareInspection: Codable, Sendable, Equatable {
         public var typeName: String
     }
 
+    /// The SEV metadata block the table points to.
     public struct Metadata: Codable, Sendable, Equatable {
         /// Offset of the "ASEV" header from the end of the file, as the table gives it.
         public var offsetFromEnd: UInt32

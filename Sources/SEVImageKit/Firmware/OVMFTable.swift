@@ -128,6 +128,7 @@ public struct OVMFTable: Sendable, Equatable {
 
 /// OVMF's SEV metadata: the memory ranges that QEMU pre-validates or fills for an SEV-SNP launch.
 public struct SEVMetadata: Sendable, Equatable {
+    /// What QEMU does with a section before launch (edk2 `OvmfPkg/ResetVector/X64/OvmfSevMetadata.asm`).
     public enum SectionType: UInt32, Sendable, Codable, CaseIterable {
         /// Memory the firmware expects pre-validated (measured as zero pages).
         case snpSecMem = 1
@@ -151,6 +152,7 @@ public struct SEVMetadata: Sendable, Equatable {
         }
     }
 
+    /// One section: a page-aligned guest physical range and its type.
     public struct Section: Sendable, Equatable {
         public var gpa: UInt32
         public var size: UInt32

@@ -29,6 +29,13 @@ for tool in apt-get apt-cache dpkg-deb cpio gzip; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
 
+# One build at a time (tests and the README's command may run this concurrently).
+mkdir -p "$(dirname "$dest")"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$(dirname "$dest")/.$(basename "$dest").lock"
+    flock 9
+fi
+
 # A tree already built by this recipe: done.
 if [ -f "$dest/etc/sevimage-demo" ] && [ "$(cat "$dest/etc/sevimage-demo")" = "recipe $recipe" ] \
    && ls "$dest"/boot/vmlinuz-* >/dev/null 2>&1 && ls "$dest"/boot/initrd.img-* >/dev/null 2>&1; then

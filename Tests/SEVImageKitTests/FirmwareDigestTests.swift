@@ -116,7 +116,7 @@ let debianFirmware: [String] = {
 
     @Test(.enabled(if: hasSevSnpMeasure, "needs Python's hmac (runs through the oracle script)"))
     func hmacMeasurementAgreesWithPythonHMAC() throws {
-        var rng = SplitMix64(seed: 42)
+        var rng = FirmwareTestRNG(seed: 42)
         func random(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: rng.next()) } }
         var inputs: [(tik: [UInt8], major: UInt8, minor: UInt8, build: UInt8, policy: UInt32, digest: [UInt8], nonce: [UInt8])] = []
         for i in 0..<50 {

@@ -27,24 +27,24 @@ struct SyntheticOVMF {
     var entries: [(GUID, [UInt8])] {
         var list: [(GUID, [UInt8])] = []
         if let extraEntry { list.append((SyntheticOVMF.unknownGUID, extraEntry)) }
-        if tdx { list.append((KnownGUID.tdxMetadata, le32(0x840))) }
-        if let metadataOffset { list.append((KnownGUID.sevMetadata, le32(metadataOffset))) }
-        if let hashTable { list.append((KnownGUID.sevHashTable, le32(hashTable.base) + le32(hashTable.size))) }
-        if let secretBlock { list.append((KnownGUID.sevSecretBlock, le32(secretBlock.base) + le32(secretBlock.size))) }
-        if let resetAddress { list.append((KnownGUID.sevESResetBlock, le32(resetAddress))) }
+        if tdx { list.append((KnownGUID.tdxMetadata, ovmfLE32(0x840))) }
+        if let metadataOffset { list.append((KnownGUID.sevMetadata, ovmfLE32(metadataOffset))) }
+        if let hashTable { list.append((KnownGUID.sevHashTable, ovmfLE32(hashTable.base) + ovmfLE32(hashTable.size))) }
+        if let secretBlock { list.append((KnownGUID.sevSecretBlock, ovmfLE32(secretBlock.base) + ovmfLE32(secretBlock.size))) }
+        if let resetAddress { list.append((KnownGUID.sevESResetBlock, ovmfLE32(resetAddress))) }
         return list
     }
 
     func build() -> [UInt8] {
-        var rng = SplitMix64(seed: seed)
+        var rng = FirmwareTestRNG(seed: seed)
         var bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         var table: [UInt8] = []
-        for (guid, data) in entries { table += data + le16(UInt16(data.count + 18)) + guid.efiBytes }
-        table += le16(UInt16(table.count + 18)) + KnownGUID.ovmfTableFooter.efiBytes
+        for (guid, data) in entries { table += data + ovmfLE16(UInt16(data.count + 18)) + guid.efiBytes }
+        table += ovmfLE16(UInt16(table.count + 18)) + KnownGUID.ovmfTableFooter.efiBytes
         bytes.replaceSubrange((size - 32 - table.count)..<(size - 32), with: table)
         if let metadataOffset {
-            var metadata = Array("ASEV".utf8) + le32(UInt32(16 + 12 * sections.count)) + le32(1) + le32(UInt32(sections.count))
-            for section in sections { metadata += le32(section.gpa) + le32(section.size) + le32(section.type) }
+            var metadata = Array("ASEV".utf8) + ovmfLE32(UInt32(16 + 12 * sections.count)) + ovmfLE32(1) + ovmfLE32(UInt32(sections.count))
+            for section in sections { metadata += ovmfLE32(section.gpa) + ovmfLE32(section.size) + ovmfLE32(section.type) }
             let start = size - Int(metadataOffset)
             bytes.replaceSubrange(start..<(start + metadata.count), with: metadata)
         }
@@ -56,11 +56,11 @@ struct SyntheticOVMF {
     }
 }
 
-func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
-func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+func ovmfLE16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
+func ovmfLE32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
 
 /// A small, seedable generator so that a failing fuzz input can be reproduced.
-struct SplitMix64: RandomNumberGenerator {
+struct FirmwareTestRNG: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
@@ -126,35 +126,35 @@ struct SplitMix64: RandomNumberGenerator {
         BadCase(name: "smaller than the footer", bytes: { [UInt8](repeating: 0, count: 49) }, expected: .tooSmall(path: "f", size: 49)),
         BadCase(name: "not whole pages", bytes: { Array(SyntheticOVMF().build().dropFirst(100)) }, expected: .notWholePages(path: "f", size: 256 * 1024 - 100)),
         BadCase(name: "no footer", bytes: { [UInt8](repeating: 0, count: 4096) }, expected: .noFooter(path: "f")),
-        BadCase(name: "table length too small", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 50, le16(17)) },
+        BadCase(name: "table length too small", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 50, ovmfLE16(17)) },
                 expected: .tableLengthOutOfRange(path: "f", length: 17, room: 256 * 1024 - 32)),
-        BadCase(name: "table length past the start", bytes: { patch(SyntheticOVMF(size: 4096, metadataOffset: nil).build(), at: 4096 - 50, le16(0xFFFF)) },
+        BadCase(name: "table length past the start", bytes: { ovmfPatched(SyntheticOVMF(size: 4096, metadataOffset: nil).build(), at: 4096 - 50, ovmfLE16(0xFFFF)) },
                 expected: .tableLengthOutOfRange(path: "f", length: 0xFFFF, room: 4096 - 32)),
-        BadCase(name: "entry length too small", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 50 - 18, le16(3)) },
+        BadCase(name: "entry length too small", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 50 - 18, ovmfLE16(3)) },
                 expected: .entryLengthOutOfRange(path: "f", guid: KnownGUID.sevESResetBlock, offset: 256 * 1024 - 50, length: 3, room: SyntheticOVMF().entriesLength)),
-        BadCase(name: "entry length past the table", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 50 - 18, le16(500)) },
+        BadCase(name: "entry length past the table", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 50 - 18, ovmfLE16(500)) },
                 expected: .entryLengthOutOfRange(path: "f", guid: KnownGUID.sevESResetBlock, offset: 256 * 1024 - 50, length: 500, room: SyntheticOVMF().entriesLength)),
         BadCase(name: "secret block too short", bytes: { SyntheticOVMF(secretBlock: nil, extraEntry: nil).withEntry(KnownGUID.sevSecretBlock, [1, 2, 3, 4]) },
                 expected: .entryTooShort(path: "f", entry: "sev-secret-block", length: 4, needed: 8)),
-        BadCase(name: "duplicate reset block", bytes: { SyntheticOVMF().withEntry(KnownGUID.sevESResetBlock, le32(0x1000)) },
+        BadCase(name: "duplicate reset block", bytes: { SyntheticOVMF().withEntry(KnownGUID.sevESResetBlock, ovmfLE32(0x1000)) },
                 expected: .duplicateEntry(path: "f", entry: "sev-es-reset-block")),
-        BadCase(name: "metadata offset past the start", bytes: { SyntheticOVMF(size: 4096, metadataOffset: nil).withEntry(KnownGUID.sevMetadata, le32(8192)) },
+        BadCase(name: "metadata offset past the start", bytes: { SyntheticOVMF(size: 4096, metadataOffset: nil).withEntry(KnownGUID.sevMetadata, ovmfLE32(8192)) },
                 expected: .metadataOffsetOutside(path: "f", offset: 8192, size: 4096)),
-        BadCase(name: "metadata offset inside the last 16 bytes", bytes: { SyntheticOVMF(size: 4096, metadataOffset: nil).withEntry(KnownGUID.sevMetadata, le32(8)) },
+        BadCase(name: "metadata offset inside the last 16 bytes", bytes: { SyntheticOVMF(size: 4096, metadataOffset: nil).withEntry(KnownGUID.sevMetadata, ovmfLE32(8)) },
                 expected: .metadataOffsetOutside(path: "f", offset: 8, size: 4096)),
-        BadCase(name: "metadata signature", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000, Array("XSEV".utf8)) },
+        BadCase(name: "metadata signature", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000, Array("XSEV".utf8)) },
                 expected: .metadataSignature(path: "f", found: Array("XSEV".utf8))),
-        BadCase(name: "metadata version", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 8, le32(2)) },
+        BadCase(name: "metadata version", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 8, ovmfLE32(2)) },
                 expected: .metadataVersion(path: "f", version: 2)),
-        BadCase(name: "metadata section count", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 12, le32(0xFFFF_FFFF)) },
+        BadCase(name: "metadata section count", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 12, ovmfLE32(0xFFFF_FFFF)) },
                 expected: .metadataLengthOutOfRange(path: "f", length: 16 + 12 * 7, sections: 0xFFFF_FFFF, room: 0x1000)),
-        BadCase(name: "metadata length past the end", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 4, le32(0x2000)) },
+        BadCase(name: "metadata length past the end", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 4, ovmfLE32(0x2000)) },
                 expected: .metadataLengthOutOfRange(path: "f", length: 0x2000, sections: 7, room: 0x1000)),
-        BadCase(name: "unknown section type", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 16 + 12 * 2 + 8, le32(7)) },
+        BadCase(name: "unknown section type", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 16 + 12 * 2 + 8, ovmfLE32(7)) },
                 expected: .unknownSectionType(path: "f", index: 2, type: 7)),
-        BadCase(name: "unaligned section", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 16 + 4, le32(0x1234)) },
+        BadCase(name: "unaligned section", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 16 + 4, ovmfLE32(0x1234)) },
                 expected: .sectionNotPageAligned(path: "f", index: 0, gpa: 0x80_0000, size: 0x1234)),
-        BadCase(name: "section past 4 GiB", bytes: { patch(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 16, le32(0xFFFF_F000)) },
+        BadCase(name: "section past 4 GiB", bytes: { ovmfPatched(SyntheticOVMF().build(), at: 256 * 1024 - 0x1000 + 16, ovmfLE32(0xFFFF_F000)) },
                 expected: .sectionOutside4GiB(path: "f", index: 0, gpa: 0xFFFF_F000, size: 0x9000)),
     ]
 
@@ -241,7 +241,7 @@ struct SplitMix64: RandomNumberGenerator {
     /// points inside the input. Random bytes, mutated real tables, random lengths and offsets.
     @Test func fuzzNeverCrashes() throws {
         let iterations = 200_000
-        var rng = SplitMix64(seed: 0x5EF1_F00D)
+        var rng = FirmwareTestRNG(seed: 0x5EF1_F00D)
         var seeds = [
             SyntheticOVMF(size: 4096, metadataOffset: 0x400).build(),
             SyntheticOVMF(size: 4096, metadataOffset: 0x400, sections: [(0x1000, 0x1000, 2)], tdx: false, extraEntry: nil).build(),
@@ -270,10 +270,10 @@ struct SplitMix64: RandomNumberGenerator {
                         bytes[bytes.count - 1 - Int(rng.next() % 200)] ^= UInt8(truncatingIfNeeded: rng.next() | 1)
                     case 1: // a random u16 length somewhere in the table
                         let at = bytes.count - 50 - Int(rng.next() % 150)
-                        bytes.replaceSubrange(at..<(at + 2), with: le16(UInt16(truncatingIfNeeded: rng.next())))
+                        bytes.replaceSubrange(at..<(at + 2), with: ovmfLE16(UInt16(truncatingIfNeeded: rng.next())))
                     case 2: // a random u32 in the metadata
                         let at = bytes.count - 0x400 + Int(rng.next() % 120)
-                        bytes.replaceSubrange(at..<(at + 4), with: le32(UInt32(truncatingIfNeeded: rng.next() % 3 == 0 ? rng.next() % 0x2000 : rng.next())))
+                        bytes.replaceSubrange(at..<(at + 4), with: ovmfLE32(UInt32(truncatingIfNeeded: rng.next() % 3 == 0 ? rng.next() % 0x2000 : rng.next())))
                     case 3: // a random byte in the metadata
                         bytes[bytes.count - 0x400 + Int(rng.next() % 120)] = UInt8(truncatingIfNeeded: rng.next())
                     default: // truncate at the front, keeping the footer region
@@ -308,14 +308,14 @@ extension SyntheticOVMF {
     func withEntry(_ guid: GUID, _ data: [UInt8]) -> [UInt8] {
         var bytes = build()
         var table: [UInt8] = []
-        for (g, d) in entries + [(guid, data)] { table += d + le16(UInt16(d.count + 18)) + g.efiBytes }
-        table += le16(UInt16(table.count + 18)) + KnownGUID.ovmfTableFooter.efiBytes
+        for (g, d) in entries + [(guid, data)] { table += d + ovmfLE16(UInt16(d.count + 18)) + g.efiBytes }
+        table += ovmfLE16(UInt16(table.count + 18)) + KnownGUID.ovmfTableFooter.efiBytes
         bytes.replaceSubrange((size - 32 - table.count)..<(size - 32), with: table)
         return bytes
     }
 }
 
-func patch(_ bytes: [UInt8], at offset: Int, _ value: [UInt8]) -> [UInt8] {
+func ovmfPatched(_ bytes: [UInt8], at offset: Int, _ value: [UInt8]) -> [UInt8] {
     var copy = bytes
     copy.replaceSubrange(offset..<(offset + value.count), with: value)
     return copy

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Installs what sevimage needs on Debian 12, as root.
+#   scripts/install-deps.sh           the tool's own needs (build and run)
+#   scripts/install-deps.sh --test    plus the test suite's independent checkers and oracles
+set -eu
+
+runtime="libcryptsetup-dev libfdisk-dev libblkid-dev libssl-dev pkg-config
+  e2fsprogs dosfstools mtools grub-efi-amd64-bin grub-common qemu-utils
+  qemu-system-x86 ovmf busybox-static cpio gzip xz-utils zstd"
+test_packages="cryptsetup-bin fdisk util-linux python3 python3-pip"
+
+packages=$runtime
+[ "${1:-}" = "--test" ] && packages="$runtime $test_packages"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root (apt-get install)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $packages
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "install-deps: no Swift toolchain on PATH; install Swift 6 (swift.org) and rerun" >&2
+    exit 1
+fi
+
+if [ "${1:-}" = "--test" ]; then
+    # Independent oracles: AES-XTS/CTR and HMAC from `cryptography`, launch digests from `sev-snp-measure`.
+    python3 -m pip install --quiet --disable-pip-version-check cryptography sev-snp-measure 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages cryptography sev-snp-measure
+fi

@@ -73,10 +73,9 @@ public struct ImageBuilder {
         let timestamp = request.sourceDateEpoch
 
         // 1. The root filesystem, in the clear, in its own sparse file.
-        progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
         var commands = tree.debugfsCommands
+        let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
         if !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub/grub.cfg") {
-            let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
             let cfg = GrubRootConfig(kernel: kernel, initrd: initrd,
                                      commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUID) \(profile.kernelCommandLine)",
                                      timeout: profile.grubTimeout)
@@ -85,6 +84,7 @@ public struct ImageBuilder {
             commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
                                        makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
         }
+        progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
         let ext4Path = scratch.file("root.ext4")
         try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
             .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: commands)
@@ -165,13 +165,27 @@ public struct ImageBuilder {
         let manifestTemp = scratch.file("manifest.json")
         try manifest.encoded().write(to: URL(fileURLWithPath: manifestTemp))
 
+        // Passphrase first, image last: an image at the output path always has its key and manifest beside it.
+        // Until the image is in place, a failure or a signal removes what was already published.
+        var published: [String] = []
+        defer { for path in published { Cleanup.shared.unregister(path) } }
+        func publish(_ temporary: String, as final: String) throws {
+            do {
+                try OutputFiles.publish(temporary, as: final, replace: request.force)
+                Cleanup.shared.register(final)
+                published.append(final)
+            } catch {
+                for path in published.reversed() { unlink(path) }
+                throw error
+            }
+        }
         if request.passphrase == nil {
             let passTemp = scratch.file("passphrase")
             try passphrase.write(toNewFile: passTemp)
-            try OutputFiles.publish(passTemp, as: request.passphrasePath, replace: request.force)
+            try publish(passTemp, as: request.passphrasePath)
         }
-        try OutputFiles.publish(manifestTemp, as: request.manifestPath, replace: request.force)
-        try OutputFiles.publish(qcowPath, as: request.output, replace: request.force)
+        try publish(manifestTemp, as: request.manifestPath)
+        try publish(qcowPath, as: request.output)
         progress.step("wrote \(request.output) (\(formatSize(imageBytes)) on disk, \(formatSize(layout.diskSize)) virtual)")
         return CreateResult(image: request.output, manifest: request.manifestPath,
                             passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,

@@ -172,4 +172,25 @@ struct SecretTableTests {
         #expect(run.status == 2 && run.stderr.contains("not a secret table"), "\(run)")
         #expect(run.stderr.split(separator: "\n").count == 1)
     }
+
+    /// `--ovmf` reads the area from the firmware's GUIDed table (a synthetic 16 KiB image with only
+    /// the SEV secret block: base 0x80B000, size 64).
+    @Test func cliTableSizeFromOVMF() throws {
+        let scratch = try Scratch()
+        var image = [UInt8](repeating: 0, count: 16384)
+        func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+        let entry = le32(0x80B000) + le32(64) + [26, 0] + KnownGUID.sevSecretBlock.efiBytes
+        let tail = entry + [UInt8(entry.count + 18), 0] + KnownGUID.ovmfTableFooter.efiBytes
+        image.replaceSubrange((image.count - 32 - tail.count)..<(image.count - 32), with: tail)
+        let ovmf = scratch.file("OVMF.fd"), pw = scratch.file("pw"), extra = scratch.file("extra")
+        try Data(image).write(to: URL(fileURLWithPath: ovmf))
+        try writeSecretTestFile(pw, Array("short".utf8))
+        try writeSecretTestFile(extra, [UInt8](repeating: 1, count: 8))
+        let fits = try sevimage(["secret", "table", "--passphrase-file", pw, "--ovmf", ovmf, "--output", scratch.file("a.bin"), "--json"])
+        #expect(fits.status == 0, "\(fits)")
+        #expect(fits.stdout.contains("\"areaSize\" : 64"))
+        let tooBig = try sevimage(["secret", "table", "--passphrase-file", pw, "--ovmf", ovmf, "--entry",
+                                   "e6f5a162-d67f-4750-a67c-5d065f2a9910=\(extra)", "--output", scratch.file("b.bin")])
+        #expect(tooBig.status == 2 && tooBig.stderr.contains("secret area holds 64"), "\(tooBig)")
+    }
 }

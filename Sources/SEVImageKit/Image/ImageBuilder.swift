@@ -62,7 +62,7 @@ public struct ImageBuilder {
         }
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let scratch = try TemporaryDirectory(near: request.output)
-        let tree = try InterimRootTree.prepare(source: request.rootfs, scratch: scratch.file("tree"))
+        let tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.file("tree"))
         let ext4Size = layout.rootSize - LUKSLayout.headerSize
         try checkFits(tree: tree, ext4Size: ext4Size)
 
@@ -202,7 +202,7 @@ public struct ImageBuilder {
     }
 
     /// Refuses early, with the shortfall, a tree that cannot fit (mke2fs's own failure is the backstop).
-    func checkFits(tree: InterimPreparedTree, ext4Size: UInt64) throws {
+    func checkFits(tree: PreparedRootTree, ext4Size: UInt64) throws {
         // Metadata: inode tables (256 bytes per 16 KiB), the journal (up to 1/64, at most 128 MiB), bitmaps, slack.
         let metadata = ext4Size / 64 + min(ext4Size / 64, 128 << 20) + (8 << 20)
         let needed = tree.dataBytes + UInt64(tree.inodeCount) * 4096 / 4 + metadata

@@ -203,3 +203,48 @@ struct CreateTests {
         }
     }
 }
+
+@Suite(.enabled(if: canCheckImages, "needs the image tools and Python's cryptography"))
+struct CreateFromTarballTests {
+    /// A tarball carries what an unprivileged directory cannot: root ownership and device nodes.
+    @Test func tarballOwnersAndDevicesSurviveWithoutRoot() throws {
+        let scratch = try Scratch()
+        let tarball = scratch.file("rootfs.tar.gz")
+        let script = """
+        import io, tarfile, sys
+        with tarfile.open(sys.argv[1], "w:gz") as t:
+            def add(name, kind=tarfile.REGTYPE, data=b"", mode=0o644, uid=0, gid=0, **kw):
+                info = tarfile.TarInfo(name); info.type = kind; info.mode = mode; info.uid = uid; info.gid = gid
+                info.size = len(data) if kind == tarfile.REGTYPE else 0
+                for k, v in kw.items(): setattr(info, k, v)
+                t.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+            add("boot", tarfile.DIRTYPE, mode=0o755)
+            add("boot/vmlinuz-6.1.0-1-amd64", data=b"kernel")
+            add("dev", tarfile.DIRTYPE, mode=0o755)
+            add("dev/console", tarfile.CHRTYPE, mode=0o600, devmajor=5, devminor=1)
+            add("usr", tarfile.DIRTYPE, mode=0o755)
+            add("usr/bin", tarfile.DIRTYPE, mode=0o755)
+            add("usr/bin/su", data=b"su", mode=0o4755)
+            add("home", tarfile.DIRTYPE, mode=0o755)
+            add("home/alice", tarfile.DIRTYPE, mode=0o700, uid=1000, gid=1000)
+        """
+        try runChecked(python3, ["-c", script, tarball])
+        _ = try runChecked("chmod", ["a+r", tarball])
+        let out = scratch.file("out")
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        chown(out, 65534, 65534)
+        let result = try sevimage(["create", "--rootfs", tarball, "--output", out + "/vm.qcow2", "--size", "128M", "--quiet"],
+                                  user: getuid() == 0 ? 65534 : nil)
+        try #require(result.status == 0, "\(result)")
+        let opened = try OpenedImage(image: out + "/vm.qcow2")
+        let plain = try opened.decryptRoot(passphraseFile: out + "/vm.passphrase")
+        try runChecked("e2fsck", ["-fn", plain])
+        let console = try runChecked("debugfs", ["-R", "stat /dev/console", plain]).stdout
+        #expect(console.contains("Type: character") && console.contains("Device major/minor number: 05:01"))
+        #expect(console.contains("User:     0   Group:     0"))
+        let su = try runChecked("debugfs", ["-R", "stat /usr/bin/su", plain]).stdout
+        #expect(su.contains("Mode:  04755"))
+        let alice = try runChecked("debugfs", ["-R", "stat /home/alice", plain]).stdout
+        #expect(alice.contains("User:  1000   Group:  1000"))
+    }
+}

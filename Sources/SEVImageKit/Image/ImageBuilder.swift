@@ -62,7 +62,7 @@ public struct ImageBuilder {
         }
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let scratch = try TemporaryDirectory(near: request.output)
-        let tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.file("tree"))
+        let tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
         let ext4Size = layout.rootSize - LUKSLayout.headerSize
         try checkFits(tree: tree, ext4Size: ext4Size)
 

@@ -7,9 +7,12 @@ let canBootImages: Bool = hasTool("qemu-system-x86_64") && hasTool("qemu-img")
     && FileManager.default.fileExists(atPath: BootOptions.debianFirmwareCode)
     && FileManager.default.fileExists(atPath: BootOptions.debianFirmwareVariables)
 
+/// Whether `sevimage create` can build the demo image here (the demo tree needs apt, dpkg-deb and cpio).
+let canCreateDemoImage: Bool = canBootImages
+    && ["mkfs.vfat", "mcopy", "mke2fs", "grub-mkstandalone", "cpio", "dpkg-deb", "apt-get"].allSatisfy(hasTool)
+
 /// Whether the hand-made reference image can be built here (it runs the cryptsetup CLI, as root).
-let canMakeReferenceImage: Bool = canBootImages && getuid() == 0
-    && ["sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "cryptsetup", "grub-mkstandalone", "cpio", "dpkg-deb"].allSatisfy(hasTool)
+let canMakeReferenceImage: Bool = canCreateDemoImage && getuid() == 0 && ["sfdisk", "cryptsetup"].allSatisfy(hasTool)
 
 /// The demo root tree (`scripts/demo-rootfs.sh`), built once into the repository's `.cache`.
 func demoRootTree() throws -> String {
@@ -27,11 +30,25 @@ func writePassphraseFile(_ path: String, _ text: String) throws {
     }
 }
 
-/// A bootable image of the demo tree and its passphrase file, inside `scratch`.
-///
-/// For now built by hand with `Tests/Support/make-reference-image.sh` (the shape `sevimage create`
-/// writes), so that the boot driver is tested on its own; to be switched to `sevimage create`.
+/// A bootable image of the demo tree, made by `sevimage create` with a generated passphrase, and its
+/// passphrase file, inside `scratch`.
 func makeBootableImage(in scratch: Scratch) throws -> (image: String, passphraseFile: String) {
+    let tree = try demoRootTree()
+    let image = scratch.file("demo.qcow2")
+    let result = try sevimage(["create", "--rootfs", tree, "--output", image, "--quiet"])
+    guard result.status == 0 else {
+        throw GeneralError.toolFailed("sevimage create", status: result.status, stderr: result.stderr)
+    }
+    let passphraseFile = scratch.file("demo.passphrase")
+    guard FileManager.default.fileExists(atPath: passphraseFile) else {
+        throw GeneralError.io("find", path: passphraseFile, errno: ENOENT)
+    }
+    return (image, passphraseFile)
+}
+
+/// The same kind of image built by hand with `Tests/Support/make-reference-image.sh` (cryptsetup CLI,
+/// sfdisk, grub-mkstandalone), so that the boot driver is also tested apart from `sevimage create`.
+func makeReferenceImage(in scratch: Scratch) throws -> (image: String, passphraseFile: String) {
     let tree = try demoRootTree()
     let image = scratch.file("reference.qcow2")
     let passphraseFile = scratch.file("reference.passphrase")

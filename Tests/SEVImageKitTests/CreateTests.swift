@@ -67,6 +67,19 @@ struct CreateTests {
         // The root, decrypted independently: a clean ext4 (its never-written blocks read as noise) holding the tree exactly.
         let plain = try opened.decryptRoot(passphraseFile: passphraseFile)
         try runChecked("e2fsck", ["-fn", plain])
+        // Unwritten blocks decrypt to noise; a writer that allocates inodes and blocks in untouched groups
+        // (as the booted kernel would) must still leave a clean filesystem.
+        var commands: [String] = []
+        for d in 0..<60 {
+            commands.append("mkdir /fresh\(d)")
+            for f in 0..<12 { commands.append("write \(tree)/etc/hostname /fresh\(d)/file\(f)") }
+        }
+        commands.append("write \(tree)/usr/bin/tool /fresh0/big")
+        let script = opened.scratch.file("allocate.debugfs")
+        try Data(commands.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: script))
+        let written = scratchCopy(plain, in: opened.scratch)
+        try runChecked("debugfs", ["-w", "-f", script, written])
+        try runChecked("e2fsck", ["-fn", written])
         let compare = try runProgram(python3, [repositoryRoot.path + "/Tests/Oracles/ext4_tree_compare.py", tree, plain, "/boot/grub"])
         #expect(compare.status == 0, "\(compare.stdout)\(compare.stderr)")
 
@@ -247,4 +260,11 @@ struct CreateFromTarballTests {
         let alice = try runChecked("debugfs", ["-R", "stat /home/alice", plain]).stdout
         #expect(alice.contains("User:  1000   Group:  1000"))
     }
+}
+
+/// A copy of a file (so a test can write to one view and keep the other).
+func scratchCopy(_ path: String, in scratch: Scratch) -> String {
+    let copy = scratch.file((path as NSString).lastPathComponent + ".copy")
+    _ = try? runChecked("cp", ["--sparse=always", path, copy])
+    return copy
 }

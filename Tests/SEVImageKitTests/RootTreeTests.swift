@@ -288,4 +288,53 @@ struct RootTreeTests {
         let message = failure(cutGzip, scratch) ?? ""
         #expect(message.hasPrefix("tarball \(cutGzip): gzip cannot decompress it"), "\(message)")
     }
+
+    /// Mutated archives must end in a `RootTreeError` or a tree, never a trap, and never write outside `scratch`.
+    @Test(.enabled(if: hasTool("python3"), "needs python3"))
+    func mutatedTarballsNeverTrapOrEscape() throws {
+        let scratch = try Scratch()
+        let file = "tarfile.REGTYPE", directory = "tarfile.DIRTYPE", symlink = "tarfile.SYMTYPE", hardLink = "tarfile.LNKTYPE"
+        let long = String(repeating: "n", count: 120)
+        let good = try tarball([("etc", directory, ""), ("etc/passwd", file, ""), ("etc/\(long)", file, ""),
+                                ("bin", symlink, "usr/bin"), ("etc/link", hardLink, "etc/passwd")], in: scratch, name: "seed.tar")
+        let seed = [UInt8](try Data(contentsOf: URL(fileURLWithPath: good)))
+        var generator = ProfileFuzzTests.Generator(state: 0x7A2_0000_0001)
+        let iterations = 600
+        var extracted = 0
+        for iteration in 0..<iterations {
+            var bytes = seed
+            for _ in 0..<Int.random(in: 1...6, using: &generator) {
+                let at = Int.random(in: 0..<bytes.count, using: &generator)
+                bytes[at] = Bool.random(using: &generator) ? UInt8.random(in: 0...255, using: &generator)
+                                                           : Array("/.0 7\0x".utf8).randomElement(using: &generator) ?? 0
+            }
+            if iteration % 3 == 0 {
+                // Keep the checksums right so that the mutation reaches the field parsers.
+                for header in stride(from: 0, to: bytes.count - 512, by: 512) where bytes[header + 148] != 0 {
+                    var sum = 0
+                    for index in header..<(header + 512) { sum += (148..<156).contains(index - header) ? 32 : Int(bytes[index]) }
+                    let digits = Array(String(sum, radix: 8).utf8)
+                    if digits.count <= 6 {
+                        for index in 0..<8 { bytes[header + 148 + index] = 0x30 }
+                        bytes.replaceSubrange((header + 148 + 6 - digits.count)..<(header + 154), with: digits)
+                        bytes[header + 154] = 0
+                        bytes[header + 155] = 0x20
+                    }
+                }
+            }
+            let archive = scratch.file("m.tar")
+            try Data(bytes).write(to: URL(fileURLWithPath: archive))
+            let work = scratch.file("w\(iteration)")
+            try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: false)
+            do {
+                _ = try RootTree.prepare(source: archive, scratch: work)
+                extracted += 1
+            } catch is RootTreeError {
+            }
+            try? FileManager.default.removeItem(atPath: work)
+        }
+        let left = try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted()
+        #expect(left == ["m.tar", "seed.tar"])
+        #expect(extracted > 0 && extracted < iterations)
+    }
 }

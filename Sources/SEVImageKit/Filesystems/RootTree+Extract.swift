@@ -55,6 +55,9 @@ final class TarExtractor {
     let root: String
     private var nodes: [String: Node] = [:]
     private var nextInode = 0
+    /// Whether the archive has an entry for the root (`./`); if not, the root gets the newest entry's time.
+    private var rootGiven = false
+    private var newestTime: Int64 = 0
 
     init(archive: String, format: ArchiveFormat, scratch: String) {
         self.archive = archive
@@ -232,6 +235,8 @@ final class TarExtractor {
             throw bad("entry '\(shown)' has the unsupported type \(type)")
         }
         let path = try normalize(rawName)
+        newestTime = max(newestTime, entry.mtime)
+        if path.isEmpty { rootGiven = true }
         let node = Node(kind: kind, mode: entry.mode, uid: UInt32(entry.uid), gid: UInt32(entry.gid),
                         mtime: entry.mtime, inode: 0, size: kind == .file ? entry.size : 0)
         try makeParents(of: path, shown: shown, mtime: entry.mtime)
@@ -370,6 +375,7 @@ final class TarExtractor {
 
     /// Modes (keeping owner access so that mke2fs can read and the scratch can be removed) and times.
     private func finishOnDisk() throws {
+        if !rootGiven { nodes[""]?.mtime = newestTime }
         for (path, node) in nodes where !node.kind.isSpecial {
             let full = fullPath(path)
             switch node.kind {

@@ -120,7 +120,12 @@ public struct ImageBuilder {
                         sectorSize: LUKSLayout.sectorSize, label: nil)
         try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
         let keyslots = luks.keyslots
-        try RawFile(path: headerPath, writable: false).copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
+        let header = try RawFile(path: headerPath, writable: true)
+        for range in try luks.unusedKeyslotRanges() {
+            let noise = try randomBytes(Int(range.count))
+            try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
+        }
+        try header.copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
 
         // 5. The root's data, encrypted: what ext4 uses, or the whole partition with wipe_free_space.
         let plaintext = try RawFile(path: ext4Path, writable: false)

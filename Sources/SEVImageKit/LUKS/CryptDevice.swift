@@ -105,6 +105,27 @@ public final class CryptDevice {
         try check(crypt_keyslot_destroy(cd, Int32(slot)), "destroy keyslot \(slot) of \(path)")
     }
 
+    /// The byte ranges of the keyslot area that no active keyslot uses.
+    ///
+    /// `create` fills them with random bytes, so that the whole header area holds data: in the QCOW2 every
+    /// cluster of it is then allocated, and `rotate` can rewrite keyslots in place without growing the file.
+    public func unusedKeyslotRanges() throws -> [Range<UInt64>] {
+        var metadata: UInt64 = 0, keyslotsSize: UInt64 = 0
+        try check(crypt_get_metadata_size(cd, &metadata, &keyslotsSize), "read the header sizes of \(path)")
+        var free: [Range<UInt64>] = [(2 * metadata)..<(2 * metadata + keyslotsSize)]
+        for slot in keyslots.map(\.slot) {
+            var offset: UInt64 = 0, length: UInt64 = 0
+            try check(crypt_keyslot_area(cd, Int32(slot), &offset, &length), "locate keyslot \(slot) of \(path)")
+            free = free.flatMap { range -> [Range<UInt64>] in
+                let used = offset..<(offset + length)
+                guard range.overlaps(used) else { return [range] }
+                return [range.lowerBound..<max(range.lowerBound, used.lowerBound), min(range.upperBound, used.upperBound)..<range.upperBound]
+                    .filter { !$0.isEmpty }
+            }
+        }
+        return free
+    }
+
     public var uuid: String { crypt_get_uuid(cd).map { String(cString: $0) } ?? "" }
     public var cipher: String {
         let c = crypt_get_cipher(cd).map { String(cString: $0) } ?? ""

@@ -1,0 +1,135 @@
+import Foundation
+
+/// Reads a QCOW2 image's guest view, and writes in place where the guest data already has a cluster.
+///
+///     host file:  | header | L1 table | refcount table/blocks | L2 tables | data clusters ... |
+///     guest byte g  ->  L1[g >> (cluster_bits + l2_bits)]  ->  L2 table
+///                   ->  L2[(g >> cluster_bits) % l2_entries]  ->  host cluster + (g % cluster_size)
+///
+/// Fields are big-endian (QEMU's docs/interop/qcow2.txt). Unallocated and zero clusters read as zeros.
+/// Writes never allocate: they go only to clusters that are allocated, uncompressed and not shared
+/// (the L2 entry's COPIED bit, refcount exactly 1), which is how `rotate` updates a LUKS header in
+/// place without touching the rest of the file. sevimage writes its images so that the whole LUKS
+/// header area is allocated.
+public final class QCOW2Image {
+    public let path: String
+    public let virtualSize: UInt64
+    public let clusterSize: UInt64
+    private let clusterBits: UInt64
+    private let l2Entries: UInt64
+    private let l1: [UInt64]
+    private let file: RawFile
+
+    static let offsetMask: UInt64 = 0x00FF_FFFF_FFFF_FE00
+    static let copied: UInt64 = 1 << 63
+    static let compressed: UInt64 = 1 << 62
+    static let zeroFlag: UInt64 = 1
+
+    public init(path: String, writable: Bool = false) throws {
+        self.path = path
+        let file = try RawFile(path: path, writable: writable)
+        self.file = file
+        let fileSize = file.size
+        guard fileSize >= 104 else { throw DiskError.notAnImage(path, "too short for a QCOW2 header") }
+        var header = [UInt8](repeating: 0, count: 104)
+        try header.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
+        guard header[0..<4] == [0x51, 0x46, 0x49, 0xFB] else { throw DiskError.notAnImage(path, "not a QCOW2 file (no QFI magic)") }
+        let version = be32(header, 4)
+        guard version == 2 || version == 3 else { throw DiskError.notAnImage(path, "QCOW2 version \(version) is not supported") }
+        guard be64(header, 8) == 0 else { throw DiskError.notAnImage(path, "it has a backing file") }
+        guard be32(header, 32) == 0 else { throw DiskError.notAnImage(path, "it uses QCOW2's own encryption") }
+        if version == 3 {
+            let incompatible = be64(header, 72)
+            if incompatible & 1 != 0 { throw DiskError.notAnImage(path, "it is marked dirty; run qemu-img check -r all first") }
+            if incompatible & 2 != 0 { throw DiskError.notAnImage(path, "QEMU marked it corrupt") }
+            if incompatible & ~UInt64(1 | 2) != 0 {
+                throw DiskError.notAnImage(path, "it uses QCOW2 features this reader does not know (0x\(String(incompatible, radix: 16)))")
+            }
+        }
+        let bits = UInt64(be32(header, 20))
+        guard (9...21).contains(bits) else { throw DiskError.notAnImage(path, "cluster size 2^\(bits) is out of range") }
+        clusterBits = bits
+        clusterSize = 1 << bits
+        l2Entries = clusterSize / 8
+        virtualSize = be64(header, 24)
+        let l1Size = UInt64(be32(header, 36))
+        let l1Offset = be64(header, 40)
+        let needed = (virtualSize + clusterSize * l2Entries - 1) / (clusterSize * l2Entries)
+        guard l1Size >= needed, l1Size <= 32 << 20, l1Offset % clusterSize == 0, l1Offset + l1Size * 8 <= fileSize else {
+            throw DiskError.notAnImage(path, "its L1 table is damaged or truncated")
+        }
+        var table = [UInt8](repeating: 0, count: Int(l1Size * 8))
+        try table.withUnsafeMutableBytes { try file.read(into: $0, at: l1Offset) }
+        l1 = (0..<Int(l1Size)).map { be64(table, $0 * 8) }
+    }
+
+    /// Where guest offset `offset` lives in the host file: nil for unallocated or zero clusters.
+    /// `writable` says whether the cluster may be written in place.
+    func hostOffset(_ offset: UInt64) throws -> (host: UInt64, writable: Bool)? {
+        guard offset < virtualSize else { throw DiskError.notAnImage(path, "read past the end of the virtual disk") }
+        let cluster = offset >> clusterBits
+        let l1Entry = l1[Int(cluster / l2Entries)]
+        let l2Offset = l1Entry & Self.offsetMask
+        guard l2Offset != 0 else { return nil }
+        guard l2Offset % clusterSize == 0, l2Offset + clusterSize <= file.size else {
+            throw DiskError.notAnImage(path, "an L2 table points outside the file")
+        }
+        var raw = [UInt8](repeating: 0, count: 8)
+        try raw.withUnsafeMutableBytes { try file.read(into: $0, at: l2Offset + (cluster % l2Entries) * 8) }
+        let entry = be64(raw, 0)
+        if entry & Self.compressed != 0 { throw DiskError.notAnImage(path, "it holds compressed clusters; convert it without -c") }
+        let host = entry & Self.offsetMask
+        guard host != 0, entry & Self.zeroFlag == 0 else { return nil }
+        guard host < file.size, host % clusterSize == 0 else {
+            throw DiskError.notAnImage(path, "a data cluster lies outside the file")
+        }
+        return (host + offset % clusterSize, entry & Self.copied != 0 && l1Entry & Self.copied != 0)
+    }
+
+    /// Reads guest bytes; holes read as zeros.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let position = offset + UInt64(done)
+            let count = min(buffer.count - done, Int(clusterSize - position % clusterSize))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + count])
+            if let (host, _) = try hostOffset(position) {
+                try file.read(into: slice, at: host)
+            } else {
+                slice.initializeMemory(as: UInt8.self, repeating: 0)
+            }
+            done += count
+        }
+    }
+
+    public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        return bytes
+    }
+
+    /// Writes guest bytes in place; refuses (before writing anything) if any cluster is unallocated or shared.
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var plan: [(host: UInt64, range: Range<Int>)] = []
+        var done = 0
+        while done < buffer.count {
+            let position = offset + UInt64(done)
+            let count = min(buffer.count - done, Int(clusterSize - position % clusterSize))
+            guard let (host, writable) = try hostOffset(position), writable else {
+                throw DiskError.notAnImage(path, "guest offset \(position) has no private cluster to update in place")
+            }
+            plan.append((host, done..<done + count))
+            done += count
+        }
+        for (host, range) in plan {
+            try file.write(UnsafeRawBufferPointer(rebasing: buffer[range]), at: host)
+        }
+    }
+
+    public func sync() throws { try file.sync() }
+}
+
+@inline(__always) func be32(_ b: [UInt8], _ o: Int) -> UInt32 {
+    UInt32(b[o]) << 24 | UInt32(b[o + 1]) << 16 | UInt32(b[o + 2]) << 8 | UInt32(b[o + 3])
+}
+@inline(__always) func be64(_ b: [UInt8], _ o: Int) -> UInt64 { UInt64(be32(b, o)) << 32 | UInt64(be32(b, o + 4)) }

@@ -162,6 +162,13 @@ struct ProfileTests {
         }
     }
 
+    @Test func everyKeyIsDocumented() throws {
+        let readme = try String(contentsOfFile: repositoryRoot.appendingPathComponent("profiles/README.md").path, encoding: .utf8)
+        for key in Profile.keys {
+            #expect(readme.contains("`[\(key.table)] \(key.key)`"), "profiles/README.md lacks [\(key.table)] \(key.key)")
+        }
+    }
+
     @Test func defaultTOMLSpellsOutTheDefaults() throws {
         var expected = Profile()
         expected.name = "default"

@@ -1,5 +1,5 @@
 // The text of each profiles/*.toml, compiled into the binary so that `--profile NAME` works anywhere.
-// Keep it equal to the files: ProfileBuiltInTests fails when they drift. To regenerate after editing a
+// Keep it equal to the files: ProfileTests.builtInTextEqualsTheFilesInProfiles fails when they drift. To regenerate after editing a
 // profile, copy the file's text between the delimiters (it ends with one newline, hence the blank line).
 
 extension Profile {

@@ -44,6 +44,9 @@ struct RootTreeTests {
         add(tar, "./tmp", type=tarfile.DIRTYPE, mode=0o1777)
         add(tar, './etc/we"ird name', b"", mode=0o640, gid=42)
         add(tar, "./etc/secret", b"s", mode=0o000, uid=1000, gid=1000)
+        capability = "\x01\x00\x00\x02\x00\x20\x00\x00" + "\x00" * 12
+        add(tar, "./usr/bin/ping", b"ping", mode=0o755,
+            pax_headers={"SCHILY.xattr.user.comment": "hello", "SCHILY.xattr.security.capability": capability})
     """#
 
     static let longPath = "/opt/" + String(repeating: "d", count: 60) + "/" + String(repeating: "f", count: 90)
@@ -113,9 +116,9 @@ struct RootTreeTests {
         let prepared = try RootTree.prepare(source: tarball, scratch: work)
 
         #expect(prepared.directory == work + "/rootfs")
-        // root etc passwd weird secret home user notes usr bin su(+su-again) sh dev null sda run initctl opt d… f… tmp
-        #expect(prepared.inodeCount == 21)
-        #expect(prepared.dataBytes == 26 + 6000 + 4 + 3 + 0 + 1)
+        // root etc passwd weird secret home user notes usr bin su(+su-again) sh ping dev null sda run initctl opt d… f… tmp
+        #expect(prepared.inodeCount == 22)
+        #expect(prepared.dataBytes == 26 + 6000 + 4 + 3 + 0 + 1 + 4)
         #expect(prepared.debugfsCommands.allSatisfy { !$0.contains("\n") })
         #expect(prepared.debugfsCommands.contains("mknod \"null\" c 1 3"))
 
@@ -158,6 +161,12 @@ struct RootTreeTests {
         #expect(long.field("Size:") == "3" && long.field("Mode:") == "0444", "\(long.text)")
         let content = try runProgram("debugfs", ["-R", "cat \(Self.longPath)", image])
         #expect(content.stdout == "abc")
+        if flavour.format == "pax" {
+            // File capabilities and other extended attributes from pax SCHILY.xattr records.
+            let attributes = try runProgram("debugfs", ["-R", "ea_list /usr/bin/ping", image]).stdout
+            #expect(attributes.contains("user.comment (5) = \"hello\""), "\(attributes)")
+            #expect(attributes.contains("security.capability (20) = 01 00 00 02 00 20 00 00 00 00 00 00 00 00 00 00 00 00 00 00"), "\(attributes)")
+        }
     }
 
     @Test(.enabled(if: tools, "needs e2fsprogs"))

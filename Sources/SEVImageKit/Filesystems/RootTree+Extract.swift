@@ -45,6 +45,8 @@ final class TarExtractor {
         /// Hard links share this number.
         var inode: Int
         var size: UInt64
+        /// Extended attributes from pax `SCHILY.xattr.*` records (file capabilities, SELinux labels, ...).
+        var xattrs: [(name: String, value: [UInt8])] = []
     }
 
     /// The largest GNU long name or pax header accepted.
@@ -57,6 +59,9 @@ final class TarExtractor {
     private var nextInode = 0
     /// Whether the archive has an entry for the root (`./`); if not, the root gets the newest entry's time.
     private var rootGiven = false
+    /// The extended attributes of the entry being extracted.
+    private var currentXattrs: [(name: String, value: [UInt8])] = []
+    private var xattrFiles = 0
     private var newestTime: Int64 = 0
 
     init(archive: String, format: ArchiveFormat, scratch: String) {
@@ -172,6 +177,13 @@ final class TarExtractor {
             if records.keys.contains(where: { $0.hasPrefix("GNU.sparse.") }) {
                 throw bad("entry '\(String(decoding: entry.name, as: UTF8.self))' is a sparse file, which is not supported; recreate the archive without --sparse")
             }
+            let xattrPrefix = "SCHILY.xattr."
+            currentXattrs = records.filter { $0.key.hasPrefix(xattrPrefix) }
+                .map { (name: String($0.key.dropFirst(xattrPrefix.count)), value: $0.value) }
+                .sorted { $0.name < $1.name }
+            if let bad = currentXattrs.first(where: { $0.name.isEmpty || $0.name.contains(where: \.isNewline) }) {
+                throw self.bad("entry '\(String(decoding: entry.name, as: UTF8.self))' has an extended attribute with an unusable name '\(bad.name)'")
+            }
             pax = [:]
             longName = nil
             longLink = nil
@@ -238,11 +250,11 @@ final class TarExtractor {
         newestTime = max(newestTime, entry.mtime)
         if path.isEmpty { rootGiven = true }
         let node = Node(kind: kind, mode: entry.mode, uid: UInt32(entry.uid), gid: UInt32(entry.gid),
-                        mtime: entry.mtime, inode: 0, size: kind == .file ? entry.size : 0)
+                        mtime: entry.mtime, inode: 0, size: kind == .file ? entry.size : 0, xattrs: currentXattrs)
         try makeParents(of: path, shown: shown, mtime: entry.mtime)
         if case .directory = kind, let existing = nodes[path], existing.kind == .directory {
             nodes[path] = Node(kind: .directory, mode: node.mode, uid: node.uid, gid: node.gid, mtime: node.mtime,
-                               inode: existing.inode, size: 0)
+                               inode: existing.inode, size: 0, xattrs: node.xattrs)
             return 0
         }
         try clear(path, shown: shown)
@@ -421,6 +433,7 @@ final class TarExtractor {
                 commands.append("set_inode_field \(quoted) uid \(node.uid)")
                 commands.append("set_inode_field \(quoted) gid \(node.gid)")
                 commands.append("set_inode_field \(quoted) mtime @\(max(0, node.mtime))")
+                commands += try xattrCommands(node, quoted: quoted)
                 continue
             }
             var status = stat()
@@ -429,17 +442,39 @@ final class TarExtractor {
             }
             if status.st_uid != node.uid { commands.append("set_inode_field \(quoted) uid \(node.uid)") }
             if status.st_gid != node.gid { commands.append("set_inode_field \(quoted) gid \(node.gid)") }
-            if case .symlink = node.kind { continue }
-            if UInt32(status.st_mode) & 0o7777 != node.mode {
+            if case .symlink = node.kind {
+            } else if UInt32(status.st_mode) & 0o7777 != node.mode {
                 commands.append("set_inode_field \(quoted) mode 0\(String(node.kind.typeBits | node.mode, radix: 8))")
             }
+            commands += try xattrCommands(node, quoted: quoted)
         }
         if changedDirectory { commands.append("cd \"/\"") }
         return PreparedRootTree(directory: root, debugfsCommands: commands, dataBytes: dataBytes, inodeCount: done.count)
     }
 
+    /// `ea_set -f VALUEFILE PATH NAME` for each extended attribute; values (often binary) go through files
+    /// beside the tree, which live as long as the scratch directory.
+    private func xattrCommands(_ node: Node, quoted: String) throws -> [String] {
+        guard !node.xattrs.isEmpty else { return [] }
+        let directory = (root as NSString).deletingLastPathComponent + "/xattrs"
+        if xattrFiles == 0, mkdir(directory, 0o700) != 0, errno != EEXIST {
+            throw RootTreeError.extraction(directory, operation: "create", errno: errno)
+        }
+        var commands: [String] = []
+        for xattr in node.xattrs {
+            xattrFiles += 1
+            let file = directory + "/\(xattrFiles)"
+            guard FileManager.default.createFile(atPath: file, contents: Data(xattr.value)) else {
+                throw RootTreeError.extraction(file, operation: "write", errno: errno)
+            }
+            commands.append("ea_set -f \(RootTree.debugfsQuoted(file)) \(quoted) \(RootTree.debugfsQuoted(xattr.name))")
+        }
+        return commands
+    }
+
     /// After a failure: nothing half-extracted stays behind.
     private func removeTree() {
         try? FileManager.default.removeItem(atPath: root)
+        try? FileManager.default.removeItem(atPath: (root as NSString).deletingLastPathComponent + "/xattrs")
     }
 }

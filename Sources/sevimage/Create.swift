@@ -35,6 +35,9 @@ struct Create: ParsableCommand {
     @Option(help: ArgumentHelp("Use the passphrase in this file instead of generating one (no IMAGE.passphrase is written).", valueName: "file"))
     var passphraseFile: String?
 
+    @Option(help: ArgumentHelp("Add a second keyslot for this recovery passphrase (a person's; PBKDF2 with the profile's recovery iterations).", valueName: "file"))
+    var recoveryPassphraseFile: String?
+
     @Flag(help: "Encrypt the whole root partition, free space included, so that the image shows no used-block pattern (slower, larger).")
     var wipeFreeSpace = false
 
@@ -60,6 +63,7 @@ struct Create: ParsableCommand {
         request.ovmf = ovmf
         request.seed = seed
         request.passphrase = try passphraseFile.map { try Passphrase.read(from: $0) }
+        request.recoveryPassphrase = try recoveryPassphraseFile.map { try Passphrase.read(from: $0) }
         request.sourceDateEpoch = try sourceDateEpoch()
         let json = self.json || profile.json
         let result = try ImageBuilder(request: request, progress: Progress(quiet: quiet || profile.quiet || json)).run()

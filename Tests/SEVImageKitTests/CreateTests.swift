@@ -268,3 +268,26 @@ func scratchCopy(_ path: String, in scratch: Scratch) -> String {
     _ = try? runChecked("cp", ["--sparse=always", path, copy])
     return copy
 }
+
+@Suite(.enabled(if: canCheckImages, "needs the image tools"))
+struct CreateRecoveryTests {
+    @Test func recoveryProfileAddsASecondCostlierKeyslot() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let image = scratch.file("vm.qcow2")
+        let missing = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", image, "--size", "128M", "--profile", "recovery"])
+        #expect(missing.status == 2 && missing.stderr.contains("--recovery-passphrase-file"), "\(missing)")
+        let recovery = scratch.file("recovery.pass")
+        FileManager.default.createFile(atPath: recovery, contents: Data("a person's long recovery phrase".utf8), attributes: [.posixPermissions: 0o600])
+        let result = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", image, "--size", "128M", "--profile", "recovery",
+                                   "--recovery-passphrase-file", recovery, "--quiet"])
+        try #require(result.status == 0, "\(result)")
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "m")
+        #expect(manifest.luks.keyslots.map(\.role) == ["generated", "recovery"])
+        #expect(manifest.luks.keyslots[1].iterations > manifest.luks.keyslots[0].iterations)
+        let opened = try OpenedImage(image: image)
+        for key in [scratch.file("vm.passphrase"), recovery] {
+            #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", key, opened.luksPartition]).status == 0)
+        }
+    }
+}

@@ -7,6 +7,8 @@ public struct CreateRequest: Sendable {
     public var profile: Profile
     /// The passphrase from `--passphrase-file`; nil generates one and writes `IMAGE.passphrase`.
     public var passphrase: Passphrase?
+    /// A person's recovery passphrase for a second keyslot (costlier PBKDF2); the `recovery` profile requires one.
+    public var recoveryPassphrase: Passphrase?
     public var force = false
     public var ovmf: String?
     public var seed: String?
@@ -59,6 +61,9 @@ public struct ImageBuilder {
         let firmware = try request.ovmf.map {
             try FirmwareLink.make(ovmfPath: $0, modes: profile.measureModes, vcpus: profile.vcpus,
                                   vcpuType: profile.vcpuType, allowNoSecretArea: profile.allowStandardBootOnly)
+        }
+        if profile.recoveryKeyslot && request.recoveryPassphrase == nil {
+            throw GeneralError.invalidArgument("profile \(profile.name) adds a recovery keyslot: give its passphrase with --recovery-passphrase-file")
         }
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let scratch = try TemporaryDirectory(near: request.output)
@@ -118,7 +123,12 @@ public struct ImageBuilder {
         let luks = try CryptDevice(path: headerPath)
         try luks.format(volumeKey: volumeKey, uuid: luksUUID.description, dataOffset: LUKSLayout.headerSize,
                         sectorSize: LUKSLayout.sectorSize, label: nil)
-        try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
+        let mainSlot = try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
+        var roles = [mainSlot: request.passphrase == nil ? "generated" : "given"]
+        if let recovery = request.recoveryPassphrase {
+            progress.step("adding the recovery keyslot (PBKDF2 \(profile.recoveryPbkdf2Iterations) iterations)")
+            roles[try luks.addKeyslot(volumeKey: volumeKey, passphrase: recovery.secret, iterations: profile.recoveryPbkdf2Iterations)] = "recovery"
+        }
         let keyslots = luks.keyslots
         let header = try RawFile(path: headerPath, writable: true)
         for range in try luks.unusedKeyslotRanges() {
@@ -161,7 +171,7 @@ public struct ImageBuilder {
             ],
             luks: .init(uuid: luksUUID.description, version: 2, cipher: luks.cipher, keySizeBits: luks.volumeKeySize * 8,
                         sectorSize: luks.sectorSize, dataOffset: luks.dataOffset,
-                        keyslots: keyslots.map { .init(slot: $0.slot, role: "generated", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations) },
+                        keyslots: keyslots.map { .init(slot: $0.slot, role: roles[$0.slot] ?? "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations) },
                         encryptedExtent: profile.wipeFreeSpace ? "full" : "used-blocks"),
             secret: .init(tableGUID: KnownGUID.secretTableHeader.description, entryGUID: KnownGUID.diskPassphraseEntry.description,
                           passphraseFile: request.passphrase == nil ? (request.passphrasePath as NSString).lastPathComponent : nil),

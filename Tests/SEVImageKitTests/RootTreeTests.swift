@@ -346,4 +346,26 @@ struct RootTreeTests {
         #expect(left == ["m.tar", "seed.tar"])
         #expect(extracted > 0 && extracted < iterations)
     }
+
+    @Test func headerNumbersAndPaxRecords() throws {
+        #expect(try TarHeader.number(ArraySlice(Array("0000644\0".utf8))) == 0o644)
+        #expect(try TarHeader.number(ArraySlice(Array("   17 \0".utf8))) == 0o17)
+        #expect(try TarHeader.number(ArraySlice([UInt8](repeating: 0, count: 8))) == 0)
+        // GNU base-256: top bit set, big-endian value in the rest.
+        #expect(try TarHeader.number(ArraySlice([0x80, 0, 0, 0, 0, 0x01, 0x86, 0xa0])) == 100_000)
+        #expect(throws: TarFormatError.self) { try TarHeader.number(ArraySlice([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe])) }
+        #expect(throws: TarFormatError.self) { try TarHeader.number(ArraySlice(Array("00 9\0".utf8))) }
+        #expect(throws: TarFormatError.self) { try TarHeader.number(ArraySlice(Array("1 2".utf8))) }
+
+        var records: [String: [UInt8]] = ["uid": Array("5".utf8)]
+        let data = Array("28 path=some/long/path/name\n10 uid=42\n22 mtime=1700000000.5\n".utf8)
+        try parsePaxRecords(data, into: &records)
+        #expect(records["path"] == Array("some/long/path/name".utf8) && records["uid"] == Array("42".utf8))
+        #expect(try paxInteger(records["mtime"] ?? [], key: "mtime", allowFraction: true) == 1_700_000_000)
+        try parsePaxRecords(Array("7 uid=\n".utf8), into: &records)
+        #expect(records["uid"] == nil)
+        for broken in ["99 path=x\n", "5 path=x\n", "x path=y\n", "10 pathxyz\n", "9 path=x ", "3 a\n"] {
+            #expect(throws: TarFormatError.self, "\(broken)") { try parsePaxRecords(Array(broken.utf8), into: &records) }
+        }
+    }
 }

@@ -127,6 +127,34 @@ public final class QCOW2Image {
     }
 
     public func sync() throws { try file.sync() }
+
+    /// The guest byte ranges backed by data clusters (merged, ascending); holes and zero clusters are left out.
+    /// Reads only the L2 tables that exist, so the cost grows with the data, not with the virtual size.
+    public func allocatedRanges() throws -> [Range<UInt64>] {
+        var ranges: [Range<UInt64>] = []
+        var table = [UInt8](repeating: 0, count: Int(clusterSize))
+        for (index, l1Entry) in l1.enumerated() {
+            let l2Offset = l1Entry & Self.offsetMask
+            guard l2Offset != 0 else { continue }
+            guard l2Offset % clusterSize == 0, l2Offset + clusterSize <= file.size else {
+                throw DiskError.notAnImage(path, "an L2 table points outside the file")
+            }
+            try table.withUnsafeMutableBytes { try file.read(into: $0, at: l2Offset) }
+            for slot in 0..<Int(l2Entries) {
+                let entry = be64(table, slot * 8)
+                guard entry & Self.offsetMask != 0, entry & Self.zeroFlag == 0 || entry & Self.compressed != 0 else { continue }
+                let start = (UInt64(index) * l2Entries + UInt64(slot)) * clusterSize
+                guard start < virtualSize else { break }
+                let range = start..<min(virtualSize, start + clusterSize)
+                if let last = ranges.last, last.upperBound == range.lowerBound {
+                    ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
+                } else {
+                    ranges.append(range)
+                }
+            }
+        }
+        return ranges
+    }
 }
 
 @inline(__always) func be32(_ b: [UInt8], _ o: Int) -> UInt32 {

@@ -1,0 +1,75 @@
+import Foundation
+
+/// The files that belong to an image during and after key operations, all in the image's directory.
+///
+///     vm.qcow2                          the image
+///     vm.manifest.json                  its manifest (no secrets)
+///     vm.passphrase                     the current SEV passphrase (0600)
+///     vm.passphrase.new                 the next passphrase, while a rotation or re-encryption runs
+///     vm.passphrase.old                 the previous one, with --keep-old-passphrase
+///     vm.qcow2.sevimage-journal         write-ahead journal of one LUKS header change
+///     vm.qcow2.sevimage-rotate          the state of an unfinished rotation (JSON, no secrets)
+///     vm.qcow2.sevimage-reencrypt/      the new image being built by reencrypt
+public struct ImagePaths: Sendable {
+    public let image: String
+
+    public init(image: String) { self.image = image }
+
+    public var manifest: String { Manifest.defaultPath(forImage: image) }
+    public var passphrase: String { stem(image) + ".passphrase" }
+    public var newPassphrase: String { passphrase + ".new" }
+    public var oldPassphrase: String { passphrase + ".old" }
+    public var journal: String { image + ".sevimage-journal" }
+    public var rotationState: String { image + ".sevimage-rotate" }
+    public var reencryptDirectory: String { image + ".sevimage-reencrypt" }
+
+    static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+}
+
+/// Small durable file operations, each followed by a directory fsync.
+enum DurableFile {
+    /// Writes `data` to `path` through a temporary file and an atomic rename (replacing any file there).
+    static func replace(_ path: String, with data: Data, mode: mode_t = 0o644) throws {
+        let temporary = path + ".tmp"
+        unlink(temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+        guard fd >= 0 else { throw GeneralError.io("create", path: temporary, errno: errno) }
+        var failure: Int32 = 0
+        data.withUnsafeBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { failure = errno; return }
+                offset += n
+            }
+        }
+        if failure == 0, fchmod(fd, mode) != 0 || fsync(fd) != 0 { failure = errno }
+        close(fd)
+        guard failure == 0 else { unlink(temporary); throw GeneralError.io("write", path: temporary, errno: failure) }
+        guard rename(temporary, path) == 0 else { throw GeneralError.io("move into place", path: path, errno: errno) }
+        try OutputFiles.syncDirectory(of: path)
+    }
+
+    /// Writes a passphrase to `path` (0600) through a temporary file and an atomic rename.
+    static func replace(_ path: String, with passphrase: Passphrase) throws {
+        let temporary = path + ".tmp"
+        unlink(temporary)
+        try passphrase.write(toNewFile: temporary)
+        guard rename(temporary, path) == 0 else { throw GeneralError.io("move into place", path: path, errno: errno) }
+        try OutputFiles.syncDirectory(of: path)
+    }
+
+    static func remove(_ path: String) throws {
+        guard unlink(path) == 0 || errno == ENOENT else { throw GeneralError.io("remove", path: path, errno: errno) }
+        try OutputFiles.syncDirectory(of: path)
+    }
+}
+
+extension Passphrase {
+    /// Whether two passphrases are the same, in constant time.
+    func matches(_ other: Passphrase) -> Bool { secret.constantTimeEquals(other.secret) }
+}

@@ -1,0 +1,344 @@
+import Foundation
+
+/// What `sevimage reencrypt` is asked to do.
+public struct ReencryptRequest: Sendable {
+    public var image: String
+    /// A passphrase that opens the image now.
+    public var passphrase: Passphrase
+    /// The new passphrase; nil generates one.
+    public var newPassphrase: Passphrase?
+    public var keepOldPassphrase = false
+
+    public init(image: String, passphrase: Passphrase) {
+        self.image = image
+        self.passphrase = passphrase
+    }
+}
+
+/// What `reencrypt` did.
+public struct ReencryptResult: Sendable, Codable {
+    public var image: String
+    public var passphraseFile: String
+    public var oldPassphraseFile: String?
+    public var manifest: String?
+    public var luksUUID: String
+    public var keyslots: [Int]
+    /// Keyslots of the old header that the new one does not carry (recovery passphrases: add them again).
+    public var droppedKeyslots: [Int]
+    public var reencryptedBytes: UInt64
+    public var imageBytes: UInt64
+    public var resumed: Bool
+    public var seconds: Double
+}
+
+/// Marks a finished new image in the work directory: from here on a rerun publishes instead of starting over.
+struct ReencryptReady: Codable {
+    /// SHA-256 of the new LUKS header area: the image carries it once the new image is in place.
+    var headerSHA256: String
+    var droppedKeyslots: [Int]
+    var keyslots: [Int]
+    var reencryptedBytes: UInt64
+}
+
+/// Re-encrypts an image under a new volume key and passphrase, writing a new QCOW2 beside it.
+///
+///     IMAGE.sevimage-reencrypt/      private work directory (0700)
+///        disk.raw                    sparse raw disk: GPT and ESP copied, new LUKS header, data re-encrypted
+///        image.qcow2                 qemu-img convert of it (holes stay holes)
+///        passphrase, manifest.json   the new passphrase (0600) and manifest
+///        ready.json                  written last: the new image is complete
+///
+/// Then, each step durable before the next: IMAGE.passphrase.new, rename image.qcow2 over IMAGE (the
+/// commit point), IMAGE.passphrase.new over IMAGE.passphrase, the manifest, and the work directory goes.
+/// Killed before the commit point, the original image and passphrase are untouched (a rerun removes an
+/// unfinished work directory and starts again, or resumes from ready.json); killed after it, the new
+/// passphrase is in IMAGE.passphrase.new and a rerun finishes publishing. Only the clusters the image
+/// allocates are read and re-encrypted; a data sector that was all zeros (never written) stays a hole.
+public struct Reencryption {
+    public let request: ReencryptRequest
+    public let progress: Progress
+
+    public init(request: ReencryptRequest, progress: Progress) {
+        self.request = request
+        self.progress = progress
+    }
+
+    public func run() throws -> ReencryptResult {
+        let started = Date()
+        let paths = ImagePaths(image: request.image)
+        let lock = try ImageLock(image: request.image)
+        defer { withExtendedLifetime(lock) {} }
+        try refuseRotationPending(paths)
+        let work = paths.reencryptDirectory
+        let readyPath = work + "/ready.json"
+        var resumed = false
+        var ready: ReencryptReady?
+        if ImagePaths.exists(readyPath) {
+            ready = try JSONDecoder().decode(ReencryptReady.self, from: Data(contentsOf: URL(fileURLWithPath: readyPath)))
+            resumed = true
+        } else if ImagePaths.exists(work) {
+            progress.step("removing the unfinished work of an interrupted run (the image was not changed)")
+            try FileManager.default.removeItem(atPath: work)
+            try OutputFiles.syncDirectory(of: work)
+        }
+
+        let area = try ImageHeaderArea(image: request.image, writable: false)
+        let workspace = try area.workspace()
+        let currentHeaderSHA = hex(Crypto.sha256(workspace.original))
+        let committed = ready.map { $0.headerSHA256 == currentHeaderSHA } ?? false
+
+        if ready == nil {
+            if ImagePaths.exists(paths.journal) {
+                throw KeysError.pending(request.image, "a header write of an interrupted key operation is pending; run sevimage keys list \(request.image) first")
+            }
+            let (oldKey, _) = try workspace.unlock(request.passphrase)
+            ready = try build(area: area, workspace: workspace, oldKey: oldKey, work: work, paths: paths)
+        } else {
+            // The given passphrase must open the image as it is now, the new one, or the original (its header was kept).
+            let newOne = try Passphrase.read(from: work + "/passphrase")
+            if try workspace.keyslot(opening: request.passphrase) == nil, !request.passphrase.matches(newOne) {
+                let oldHeader = try [UInt8](Data(contentsOf: URL(fileURLWithPath: work + "/old-header.luks")))
+                _ = try HeaderWorkspace(image: request.image, bytes: oldHeader, partitionSize: area.rootSize).unlock(request.passphrase)
+            }
+            progress.step(committed
+                ? "resuming an interrupted re-encryption: the new image is in place, publishing its passphrase and manifest"
+                : "resuming an interrupted re-encryption: the new image is complete, putting it in place")
+        }
+        guard let state = ready else { throw GeneralError.invalidArgument("internal: no re-encryption state") }
+        let newPassphrase = try Passphrase.read(from: work + "/passphrase")
+
+        // Publish: new passphrase beside the old one, then the image (commit), then the passphrase and the manifest.
+        if !committed {
+            try DurableFile.replace(paths.newPassphrase, with: newPassphrase)
+            CrashPoint.durable("new passphrase published as .new")
+            // Lock the new file before it takes the image's name: another sevimage then finds it held.
+            let newLock = try ImageLock(image: work + "/image.qcow2")
+            defer { withExtendedLifetime(newLock) {} }
+            guard rename(work + "/image.qcow2", request.image) == 0 else {
+                throw GeneralError.io("move the re-encrypted image to", path: request.image, errno: errno)
+            }
+            try OutputFiles.syncDirectory(of: request.image)
+            CrashPoint.durable("re-encrypted image in place")
+        }
+        var oldBackup: String?
+        if ImagePaths.exists(paths.newPassphrase) {
+            if request.keepOldPassphrase, ImagePaths.exists(paths.passphrase) {
+                unlink(paths.oldPassphrase)
+                guard link(paths.passphrase, paths.oldPassphrase) == 0 else {
+                    throw GeneralError.io("keep the old passphrase as", path: paths.oldPassphrase, errno: errno)
+                }
+                oldBackup = paths.oldPassphrase
+            }
+            guard rename(paths.newPassphrase, paths.passphrase) == 0 else {
+                throw GeneralError.io("move the new passphrase to", path: paths.passphrase, errno: errno)
+            }
+            try OutputFiles.syncDirectory(of: paths.passphrase)
+            CrashPoint.durable("new passphrase in place")
+        } else if request.keepOldPassphrase, ImagePaths.exists(paths.oldPassphrase) {
+            oldBackup = paths.oldPassphrase
+        }
+        var manifestPath: String?
+        if ImagePaths.exists(work + "/manifest.json") {
+            try OutputFiles.publish(work + "/manifest.json", as: paths.manifest, replace: true)
+            CrashPoint.durable("manifest in place")
+        }
+        if ImagePaths.exists(paths.manifest) { manifestPath = paths.manifest }
+        try FileManager.default.removeItem(atPath: work)
+        try OutputFiles.syncDirectory(of: work)
+        CrashPoint.durable("work directory removed")
+        let imageBytes = try RawFile(path: request.image, writable: false).size
+        progress.step("re-encrypted \(request.image) under a new volume key; new passphrase in \(paths.passphrase)")
+        return ReencryptResult(image: request.image, passphraseFile: paths.passphrase, oldPassphraseFile: oldBackup,
+                               manifest: manifestPath, luksUUID: workspace.device.uuid, keyslots: state.keyslots,
+                               droppedKeyslots: state.droppedKeyslots, reencryptedBytes: state.reencryptedBytes,
+                               imageBytes: imageBytes, resumed: resumed, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Builds the complete new image, passphrase and manifest in `work`, and marks them ready.
+    private func build(area: ImageHeaderArea, workspace: HeaderWorkspace, oldKey: SecretBytes, work: String,
+                       paths: ImagePaths) throws -> ReencryptReady {
+        guard mkdir(work, 0o700) == 0 else { throw GeneralError.io("create", path: work, errno: errno) }
+        Cleanup.shared.register(work)
+        defer { Cleanup.shared.unregister(work) }
+        let old = workspace.device
+        guard old.cipher == "aes-xts-plain64", old.sectorSize == Int(LUKSLayout.sectorSize), old.dataOffset == LUKSLayout.headerSize else {
+            throw GeneralError.invalidArgument("\(request.image): reencrypt handles sevimage's LUKS2 layout (aes-xts-plain64, 4096-byte sectors, 16 MiB header), not \(old.cipher) with \(old.sectorSize)-byte sectors at \(old.dataOffset)")
+        }
+        let openedSlot = try workspace.unlock(request.passphrase).keyslot
+        let oldSlots = old.keyslots
+        let iterations = max(oldSlots.first { $0.slot == openedSlot }?.iterations ?? LUKSLayout.minimumPBKDF2Iterations,
+                             LUKSLayout.minimumPBKDF2Iterations)
+        let newPassphrase = try request.newPassphrase ?? Passphrase.generate()
+        if try workspace.keyslot(opening: newPassphrase) != nil { throw KeysError.samePassphrase(request.image) }
+        try newPassphrase.write(toNewFile: work + "/passphrase")
+        try Data(workspace.original).write(to: URL(fileURLWithPath: work + "/old-header.luks"))
+
+        // The new LUKS2 header: same UUID, new volume key, one PBKDF2 keyslot, unused keyslot space random-filled.
+        progress.step("formatting a new LUKS2 header (same UUID, new volume key, PBKDF2 \(iterations) iterations)")
+        let newKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
+        let headerPath = work + "/header.luks"
+        _ = try RawFile(creating: headerPath, size: area.rootSize)
+        let luks = try CryptDevice(path: headerPath)
+        try luks.format(volumeKey: newKey, uuid: old.uuid, dataOffset: LUKSLayout.headerSize, sectorSize: LUKSLayout.sectorSize, label: nil)
+        let newSlot = try luks.addKeyslot(volumeKey: newKey, passphrase: newPassphrase.secret, iterations: iterations)
+        let header = try RawFile(path: headerPath, writable: true)
+        for range in try luks.unusedKeyslotRanges() {
+            let noise = try randomBytes(Int(range.count))
+            try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
+        }
+        var headerBytes = [UInt8](repeating: 0, count: Int(LUKSLayout.headerSize))
+        try headerBytes.withUnsafeMutableBytes { try header.read(into: $0, at: 0) }
+
+        // The raw disk: everything outside the root partition as it is, the new header, the data re-encrypted.
+        let rawPath = work + "/disk.raw"
+        let raw = try RawFile(creating: rawPath, size: area.qcow.virtualSize)
+        let allocated = try area.qcow.allocatedRanges()
+        let root = area.rootOffset..<(area.rootOffset + area.rootSize)
+        let outside = subtract(allocated, [root])
+        try copy(outside, from: area.qcow, to: raw)
+        try headerBytes.withUnsafeBytes { try raw.write($0, at: area.rootOffset) }
+        let dataStart = area.rootOffset + LUKSLayout.headerSize
+        let data = intersect(allocated, [dataStart..<root.upperBound])
+        let total = DataEncryption.totalBytes(data)
+        progress.step("re-encrypting \(formatSize(total)) of allocated data")
+        try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
+                                 target: raw, progress: progress.meter("re-encrypting", total: total))
+        try raw.sync()
+
+        progress.step("writing the new QCOW2")
+        let qcowPath = work + "/image.qcow2"
+        try ExternalTool.qemuImg.run(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", rawPath, qcowPath])
+        unlink(rawPath)
+        unlink(headerPath)
+        let qcowFile = try RawFile(path: qcowPath, writable: false)
+        try qcowFile.sync()
+        // The header area must come through whole and allocated, so that later rotations can rewrite it in place.
+        let check = try ImageHeaderArea(image: qcowPath, writable: false)
+        guard try check.readHeader() == headerBytes else {
+            throw GeneralError.invalidArgument("internal: the new image's LUKS header does not read back as written")
+        }
+        CrashPoint.durable("new image written")
+
+        let dropped = oldSlots.map(\.slot).filter { $0 != openedSlot }
+        if let manifest = area.manifest {
+            var updated = manifest
+            updated.image.sha256 = hex(try Crypto.hashFile(qcowPath))
+            let role = manifest.luks.keyslots.first { $0.slot == openedSlot }?.role ?? "generated"
+            updated.luks.keyslots = luks.keyslots.map {
+                .init(slot: $0.slot, role: $0.slot == newSlot ? role : "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations)
+            }
+            updated.rotations.append(.init(kind: "reencrypt", at: iso8601(Date()), removedKeyslots: oldSlots.map(\.slot), addedKeyslots: [newSlot]))
+            updated.secret.passphraseFile = (paths.passphrase as NSString).lastPathComponent
+            try DurableFile.replace(work + "/manifest.json", with: try updated.encoded())
+        }
+        let ready = ReencryptReady(headerSHA256: hex(Crypto.sha256(headerBytes)), droppedKeyslots: dropped,
+                                   keyslots: luks.keyslots.map(\.slot), reencryptedBytes: total)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try DurableFile.replace(work + "/ready.json", with: try encoder.encode(ready), mode: 0o600)
+        CrashPoint.durable("new image ready")
+        return ready
+    }
+
+    /// Copies guest ranges of the image verbatim into the raw disk.
+    private func copy(_ ranges: [Range<UInt64>], from qcow: QCOW2Image, to raw: RawFile) throws {
+        let chunk: UInt64 = 1 << 20
+        var buffer = [UInt8](repeating: 0, count: Int(chunk))
+        for range in ranges {
+            var position = range.lowerBound
+            while position < range.upperBound {
+                let count = Int(min(chunk, range.upperBound - position))
+                try buffer.withUnsafeMutableBytes { try qcow.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<count]), at: position) }
+                try buffer.withUnsafeBytes { try raw.write(UnsafeRawBufferPointer(rebasing: $0[0..<count]), at: position) }
+                position += UInt64(count)
+            }
+        }
+    }
+}
+
+/// Decrypts sectors with the old volume key and encrypts them with the new one, on all cores.
+enum DataReencryption {
+    static func run(image: String, ranges: [Range<UInt64>], dataStart: UInt64, oldKey: SecretBytes, newKey: SecretBytes,
+                    target: RawFile, progress: (@Sendable (UInt64) -> Void)?) throws {
+        let sector = UInt64(LUKSLayout.sectorSize)
+        let chunkSize: UInt64 = 1 << 20
+        var chunks: [Range<UInt64>] = []
+        for range in ranges {
+            // Whole sectors of the data segment.
+            var start = dataStart + (range.lowerBound - dataStart) / sector * sector
+            let end = dataStart + (range.upperBound - dataStart + sector - 1) / sector * sector
+            while start < end {
+                let stop = min(end, start + chunkSize)
+                chunks.append(start..<stop)
+                start = stop
+            }
+        }
+        let queue = ChunkQueue(chunks)
+        let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
+            do {
+                let reader = try QCOW2Image(path: image)
+                let decrypt = try XTSCipher(key: oldKey, encrypt: false)
+                let encrypt = try XTSCipher(key: newKey, encrypt: true)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
+                defer { wipe(buffer); buffer.deallocate() }
+                while let chunk = queue.next() {
+                    let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.count)])
+                    try reader.read(into: slice, at: chunk.lowerBound)
+                    var offset = 0
+                    while offset < slice.count {
+                        // Runs of written sectors are re-encrypted; an all-zero sector was never written and stays a hole.
+                        var end = offset
+                        while end < slice.count, !isZero(slice, end, Int(sector)) { end += Int(sector) }
+                        if end > offset {
+                            let run = UnsafeMutableRawBufferPointer(rebasing: slice[offset..<end])
+                            let first = (chunk.lowerBound + UInt64(offset) - dataStart) / sector
+                            try decrypt.process(run, firstSector: first)
+                            try encrypt.process(run, firstSector: first)
+                            try target.write(UnsafeRawBufferPointer(run), at: chunk.lowerBound + UInt64(offset))
+                            offset = end
+                        } else {
+                            offset += Int(sector)
+                        }
+                    }
+                    queue.finished(chunk.count)
+                    progress?(queue.done)
+                }
+            } catch {
+                queue.fail(error)
+            }
+        }
+        if let error = queue.error { throw error }
+    }
+
+    private static func isZero(_ buffer: UnsafeMutableRawBufferPointer, _ offset: Int, _ count: Int) -> Bool {
+        var position = offset
+        while position < offset + count {
+            if buffer.load(fromByteOffset: position, as: UInt64.self) != 0 { return false }
+            position += 8
+        }
+        return true
+    }
+}
+
+private final class ChunkQueue: @unchecked Sendable {
+    private let lock = NSLock()
+    private let chunks: [Range<UInt64>]
+    private var index = 0
+    private var bytes: UInt64 = 0
+    private(set) var error: Error?
+
+    init(_ chunks: [Range<UInt64>]) { self.chunks = chunks }
+
+    func next() -> Range<UInt64>? {
+        lock.withLock {
+            guard error == nil, index < chunks.count else { return nil }
+            defer { index += 1 }
+            return chunks[index]
+        }
+    }
+
+    func finished(_ count: Int) { lock.withLock { bytes += UInt64(count) } }
+    var done: UInt64 { lock.withLock { bytes } }
+    func fail(_ error: Error) { lock.withLock { if self.error == nil { self.error = error } } }
+}

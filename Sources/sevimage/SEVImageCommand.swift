@@ -15,6 +15,9 @@ struct SEVImageCommand: ParsableCommand {
             Firmware.self,
             ProfilesCommand.self,
             BootCommand.self,
+            Rotate.self,
+            Reencrypt.self,
+            KeysCommand.self,
         ]
     )
 }

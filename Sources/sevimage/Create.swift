@@ -38,6 +38,12 @@ struct Create: ParsableCommand {
     @Option(help: ArgumentHelp("Add a second keyslot for this recovery passphrase (a person's; PBKDF2 with the profile's recovery iterations).", valueName: "file"))
     var recoveryPassphraseFile: String?
 
+    @Option(help: ArgumentHelp("Add a keyslot for this key file, which your initramfs already carries (PBKDF2, minimum iterations).", valueName: "file"))
+    var initramfsKeyfile: String?
+
+    @Flag(help: "Generate a 64-byte key file, add its keyslot, and install it in the root as /etc/cryptsetup-keys.d/root.key with an /etc/crypttab line.")
+    var generateInitramfsKeyfile = false
+
     @Flag(help: "Encrypt the whole root partition, free space included, so that the image shows no used-block pattern (slower, larger).")
     var wipeFreeSpace = false
 
@@ -65,6 +71,10 @@ struct Create: ParsableCommand {
         request.passphrase = try passphraseFile.map { try Passphrase.read(from: $0) }
         request.recoveryPassphrase = try recoveryPassphraseFile.map { try Passphrase.read(from: $0) }
         request.sourceDateEpoch = try sourceDateEpoch()
+        if initramfsKeyfile != nil && generateInitramfsKeyfile {
+            throw GeneralError.invalidArgument("give either --initramfs-keyfile FILE or --generate-initramfs-keyfile, not both")
+        }
+        request.initramfsKeyfile = try generateInitramfsKeyfile ? .generate() : initramfsKeyfile.map(InitramfsKeyfile.read(from:))
         let json = self.json || profile.json
         let result = try ImageBuilder(request: request, progress: Progress(quiet: quiet || profile.quiet || json)).run()
         if json { try printJSON(result) }

@@ -43,10 +43,16 @@ public enum GrubImage {
     }
 
     /// Builds the ESP's `BOOTX64.EFI` with `grub-mkstandalone`.
-    public static func buildStandalone(output: String, config: String, scratch: String) throws {
+    /// With `timestamp` (reproducible builds) the image is assembled like grub-mkstandalone does it, but from
+    /// a memdisk tar whose entries all carry that time (grub-mkstandalone 2.06 stamps them with the current time).
+    public static func buildStandalone(output: String, config: String, scratch: String, timestamp: Int64? = nil) throws {
         let configPath = scratch + "/grub-embedded.cfg"
         try Data(config.utf8).write(to: URL(fileURLWithPath: configPath))
         defer { unlink(configPath) }
+        if let timestamp {
+            try buildReproducible(output: output, configPath: configPath, scratch: scratch, timestamp: timestamp)
+            return
+        }
         try ExternalTool.grubMkstandalone.run([
             "-O", "x86_64-efi", "-o", output,
             "--modules=" + modules.joined(separator: " "),
@@ -54,6 +60,46 @@ public enum GrubImage {
             "--locales=", "--themes=", "--fonts=",
             "boot/grub/grub.cfg=" + configPath,
         ])
+    }
+}
+
+extension GrubImage {
+    static let moduleDirectory = "/usr/lib/grub/x86_64-efi"
+
+    /// grub-mkstandalone's memdisk (the config, the modules and their dependencies, the .lst files), as a
+    /// tar with sorted entries, root ownership and one time, embedded by grub-mkimage with the same prefix.
+    static func buildReproducible(output: String, configPath: String, scratch: String, timestamp: Int64) throws {
+        let fm = FileManager.default
+        let staging = scratch + "/grub-memdisk"
+        let moduleTarget = staging + "/boot/grub/x86_64-efi"
+        try? fm.removeItem(atPath: staging)
+        defer { try? fm.removeItem(atPath: staging) }
+        try fm.createDirectory(atPath: moduleTarget, withIntermediateDirectories: true)
+        try fm.copyItem(atPath: configPath, toPath: staging + "/boot/grub/grub.cfg")
+        var dependencies: [String: [String]] = [:]
+        let moddep = (try? String(contentsOfFile: moduleDirectory + "/moddep.lst", encoding: .utf8)) ?? ""
+        for line in moddep.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard let name = parts.first else { continue }
+            dependencies[String(name)] = parts.count > 1 ? parts[1].split(separator: " ").map(String.init) : []
+        }
+        var closure = Set<String>(), pending = modules
+        while let module = pending.popLast() {
+            guard closure.insert(module).inserted else { continue }
+            pending += dependencies[module] ?? []
+        }
+        let support = ((try? fm.contentsOfDirectory(atPath: moduleDirectory)) ?? []).filter { $0.hasSuffix(".lst") || $0 == "modinfo.sh" }
+        for name in closure.map({ $0 + ".mod" }) + support {
+            try fm.copyItem(atPath: moduleDirectory + "/" + name, toPath: moduleTarget + "/" + name)
+        }
+        let memdisk = scratch + "/grub-memdisk.tar"
+        defer { unlink(memdisk) }
+        try ExternalTool("tar", package: "tar").run([
+            "--create", "--file", memdisk, "--format=ustar", "--sort=name", "--mtime=@\(timestamp)",
+            "--owner=0", "--group=0", "--numeric-owner", "--mode=u=rwX,go=rX", "-C", staging, "boot",
+        ])
+        try ExternalTool.grubMkimage.run(["-O", "x86_64-efi", "-o", output, "-p", "(memdisk)/boot/grub", "-m", memdisk,
+                                          "memdisk", "tar"] + modules)
     }
 }
 

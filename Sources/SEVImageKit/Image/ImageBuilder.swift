@@ -14,6 +14,8 @@ public struct CreateRequest: Sendable {
     public var seed: String?
     /// `SOURCE_DATE_EPOCH`: every timestamp written, and the manifest's creation time.
     public var sourceDateEpoch: Int64?
+    /// `--initramfs-keyfile` / `--generate-initramfs-keyfile`: a second keyslot for the initramfs (InitramfsKeyfile.swift).
+    public var initramfsKeyfile: InitramfsKeyfile?
 
     public init(rootfs: String, output: String, profile: Profile) {
         self.rootfs = rootfs
@@ -89,6 +91,7 @@ public struct ImageBuilder {
             commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
                                        makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
         }
+        if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUID) }
         progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
         let ext4Path = scratch.file("root.ext4")
         try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
@@ -108,7 +111,7 @@ public struct ImageBuilder {
         let grubPath = scratch.file("BOOTX64.EFI")
         try GrubImage.buildStandalone(output: grubPath,
                                       config: GrubImage.embeddedConfig(luksUUID: luksUUID.description, rootFilesystemUUID: ext4UUID.description),
-                                      scratch: scratch.path)
+                                      scratch: scratch.path, timestamp: timestamp)
         let espPath = scratch.file("esp.fat")
         let esp = ESPBuilder(volumeID: fatID)
         try esp.build(path: espPath, size: layout.espSize, files: [("EFI/BOOT/BOOTX64.EFI", grubPath)], timestamp: timestamp)
@@ -129,6 +132,7 @@ public struct ImageBuilder {
             progress.step("adding the recovery keyslot (PBKDF2 \(profile.recoveryPbkdf2Iterations) iterations)")
             roles[try luks.addKeyslot(volumeKey: volumeKey, passphrase: recovery.secret, iterations: profile.recoveryPbkdf2Iterations)] = "recovery"
         }
+        if let keyfile = request.initramfsKeyfile { roles[try keyfile.addKeyslot(to: luks, volumeKey: volumeKey)] = "keyfile" }
         let keyslots = luks.keyslots
         let header = try RawFile(path: headerPath, writable: true)
         for range in try luks.unusedKeyslotRanges() {

@@ -109,7 +109,7 @@ struct BootTests {
         let scratch = try Scratch()
         let (image, passphraseFile) = try makeBootableImage(in: scratch)
         let before = try Crypto.hashFile(image)
-        let result = try sevimage(["boot", image, "--passphrase-file", passphraseFile, "--json", "--timeout", "240"])
+        let result = try sevimage(["boot", image, "--passphrase-file", passphraseFile, "--json", "--timeout", "600"])
         #expect(result.status == 0, "\(result)")
         #expect(result.stderr.contains("Enter passphrase for"))
         #expect(result.stderr.contains("SEVIMAGE-BOOT-OK"))
@@ -127,7 +127,7 @@ struct BootTests {
     func bootsTheHandMadeReferenceImage() throws {
         let scratch = try Scratch()
         let (image, passphraseFile) = try makeReferenceImage(in: scratch)
-        let result = try sevimage(["boot", image, "--passphrase-file", passphraseFile, "--accel", "tcg", "--timeout", "240"])
+        let result = try sevimage(["boot", image, "--passphrase-file", passphraseFile, "--accel", "tcg", "--timeout", "600"])
         #expect(result.status == 0, "\(result)")
         #expect(result.stderr.contains("SEVIMAGE-BOOT-OK"))
         #expect(result.stderr.contains("reference.qcow2 booted under tcg: \"SEVIMAGE-BOOT-OK\" after "))
@@ -142,7 +142,7 @@ struct BootTests {
         // As an unprivileged user when we are root: no /dev/kvm for it, so `auto` goes straight to TCG.
         let user: UInt32? = getuid() == 0 ? 65534 : nil
         if let user { chown(wrong, user, user) }
-        let result = try sevimage(["boot", image, "--passphrase-file", wrong, "--timeout", "240"], user: user)
+        let result = try sevimage(["boot", image, "--passphrase-file", wrong, "--timeout", "600"], user: user)
         #expect(result.status == ExitStatus.wrongPassphrase.rawValue, "\(result)")
         if user != nil { #expect(!result.stderr.contains("starting again under tcg")) }
         #expect(result.stderr.contains("Enter passphrase for"))
@@ -165,11 +165,34 @@ struct BootTests {
         #expect(qemuProcesses(using: image).isEmpty)
     }
 
+    @Test func interruptStopsQemuAndRemovesTheVariablesCopy() throws {
+        let scratch = try Scratch()
+        let (image, passphraseFile) = try makeBootableImage(in: scratch)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: sevimageBinary)
+        process.arguments = ["boot", image, "--passphrase-file", passphraseFile, "--accel", "tcg", "--quiet"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": scratch.path]) { $1 }
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Wait until QEMU runs, then interrupt sevimage.
+        let started = Date()
+        while qemuProcesses(using: image).isEmpty && Date().timeIntervalSince(started) < 20 { usleep(100_000) }
+        #expect(!qemuProcesses(using: image).isEmpty)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 128 + SIGTERM)
+        let stopped = Date()
+        while !qemuProcesses(using: image).isEmpty && Date().timeIntervalSince(stopped) < 5 { usleep(100_000) }
+        #expect(qemuProcesses(using: image).isEmpty, "\(qemuProcesses(using: image).map { (try? String(contentsOfFile: "/proc/\($0)/stat", encoding: .utf8)) ?? "" })")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.hasPrefix(".sevimage-boot") }
+        #expect(leftovers.isEmpty)
+    }
+
     @Test func poweroffWithoutTheExpectedTextFails() throws {
         let scratch = try Scratch()
         let (image, passphraseFile) = try makeBootableImage(in: scratch)
         let result = try sevimage(["boot", image, "--passphrase-file", passphraseFile, "--accel", "tcg",
-                                   "--expect", "TEXT-THE-GUEST-NEVER-PRINTS", "--quiet", "--timeout", "240"])
+                                   "--expect", "TEXT-THE-GUEST-NEVER-PRINTS", "--quiet", "--timeout", "600"])
         #expect(result.status == ExitStatus.failure.rawValue, "\(result)")
         #expect(result.stderr == "sevimage: error: the guest powered off without printing \"TEXT-THE-GUEST-NEVER-PRINTS\"\n")
     }

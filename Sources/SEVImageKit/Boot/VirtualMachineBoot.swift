@@ -12,8 +12,8 @@ import Foundation
 /// `BootError.passphraseRefused`; the guest powering off first → `poweredOffWithoutExpectedText`;
 /// the time limit → `timedOut` with QEMU stopped. The passphrase goes to QEMU's stdin only, never into
 /// its argv or environment. In `auto` mode KVM is tried first when `/dev/kvm` answers, and the boot
-/// starts again under TCG when KVM fails before the guest printed anything (QEMU exits, reports a KVM
-/// internal error, or stays silent for `kvmSilenceLimit`).
+/// starts again under TCG when KVM fails: QEMU exits before the guest printed anything, reports a KVM
+/// error before the expected text, or the guest stays silent for `kvmSilenceLimit`.
 public enum VirtualMachineBoot {
     /// How long a KVM guest may stay silent before `auto` gives up on KVM (OVMF prints within a second).
     static let kvmSilenceLimit: Duration = .seconds(15)
@@ -164,7 +164,9 @@ public enum VirtualMachineBoot {
                 } else {
                     if bytes.isEmpty { messagesOpen = false; continue }
                     run.messages(bytes)
-                    if accelerator == .kvm && !run.sawOutput, let failure = run.kvmFailure {
+                    // KVM failing, even after the firmware printed: start again under TCG (the
+                    // passphrase is typed again at the new prompt).
+                    if accelerator == .kvm && run.expectedSeconds == nil, let failure = run.kvmFailure {
                         return .kvmFailed(failure)
                     }
                 }

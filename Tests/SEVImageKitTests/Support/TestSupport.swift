@@ -73,11 +73,24 @@ func runProgram(_ executable: String, _ arguments: [String], input: Data? = nil,
 
 private final class Box: @unchecked Sendable { var data = Data() }
 
-/// Runs the `sevimage` command line.
+/// Runs the `sevimage` command line; with `user`, as that unprivileged user.
 @discardableResult
 func sevimage(_ arguments: [String], input: Data? = nil, environment: [String: String] = [:], user: UInt32? = nil) throws -> RunResult {
-    try runProgram(sevimageBinary, arguments, input: input, environment: environment, user: user)
+    try runProgram(user == nil ? sevimageBinary : unprivilegedBinary, arguments, input: input, environment: environment, user: user)
 }
+
+/// A copy of the binary that any user can run: the checkout may sit in a directory only root can enter
+/// (CI clones into one), so an unprivileged run cannot use `.build/` directly.
+let unprivilegedBinary: String = {
+    let directory = "/tmp/sevimage-test-bin-\(getpid())"
+    let copy = directory + "/sevimage"
+    try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    chmod(directory, 0o755)
+    try? FileManager.default.removeItem(atPath: copy)
+    try? FileManager.default.copyItem(atPath: sevimageBinary, toPath: copy)
+    chmod(copy, 0o755)
+    return FileManager.default.isExecutableFile(atPath: copy) ? copy : sevimageBinary
+}()
 
 /// A scratch directory removed when the test ends.
 final class Scratch {

@@ -16,7 +16,7 @@ final class HeaderWorkspace {
     init(image: String, bytes: [UInt8], partitionSize: UInt64) throws {
         self.image = image
         original = bytes
-        directory = try TemporaryDirectory(near: image, purpose: "sevimage-keys")
+        directory = try TemporaryDirectory(near: image, purpose: ImagePaths(image: image).workspacePurpose)
         path = directory.file("header.luks")
         let file = try RawFile(creating: path, size: partitionSize)
         try bytes.withUnsafeBytes { try file.write($0, at: 0) }

@@ -23,6 +23,21 @@ public struct ImagePaths: Sendable {
     public var rotationState: String { image + ".sevimage-rotate" }
     public var reencryptDirectory: String { image + ".sevimage-reencrypt" }
 
+    /// The prefix of the private header copies (`TemporaryDirectory` adds `-XXXXXX`).
+    var workspacePurpose: String { ((image as NSString).lastPathComponent) + ".sevimage-keys" }
+
+    /// Removes what a killed run may have left that no step needs: temporary names of durable replacements
+    /// (one may hold a passphrase) and private header copies. Call it holding the image's lock.
+    func removeLeftovers() {
+        for path in [passphrase, journal, rotationState, manifest] { unlink(path + ".tmp") }
+        let directory = (image as NSString).deletingLastPathComponent
+        let parent = directory.isEmpty ? "." : directory
+        let prefix = "." + workspacePurpose + "-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where name.hasPrefix(prefix) && name.count == prefix.count + 6 {
+            try? FileManager.default.removeItem(atPath: parent + "/" + name)
+        }
+    }
+
     static func exists(_ path: String) -> Bool {
         var info = stat()
         return lstat(path, &info) == 0

@@ -78,6 +78,7 @@ public struct KeyRotation {
         let paths = ImagePaths(image: request.image)
         let lock = try ImageLock(image: request.image)
         defer { withExtendedLifetime(lock) {} }
+        paths.removeLeftovers()
         try refuseReencryptPending(paths)
         let area = try ImageHeaderArea(image: request.image, writable: true)
         if try HeaderJournal.replayIfPending(area: area, paths: paths) {

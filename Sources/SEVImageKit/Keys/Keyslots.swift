@@ -57,7 +57,7 @@ public enum Keyslots {
         try updateManifest(area, workspace, roles: [added: role],
                            record: .init(kind: "keys-add", at: iso8601(Date()), removedKeyslots: [], addedKeyslots: [added]))
         progress.step("added keyslot \(added) (\(role)) to \(image)")
-        return KeyslotChange(image: image, added: added, removed: nil, keyslots: entries(workspace, area))
+        return KeyslotChange(image: image, added: added, removed: nil, keyslots: entries(workspace, area, roles: [added: role]))
     }
 
     /// Removes keyslot `slot`; `passphrase` must open another keyslot, which stays.
@@ -82,6 +82,7 @@ public enum Keyslots {
     private static func open(_ image: String) throws -> (ImageLock, ImageHeaderArea, ImagePaths) {
         let paths = ImagePaths(image: image)
         let lock = try ImageLock(image: image)
+        paths.removeLeftovers()
         try refuseReencryptPending(paths)
         try refuseRotationPending(paths)
         let area = try ImageHeaderArea(image: image, writable: true)
@@ -96,10 +97,10 @@ public enum Keyslots {
                                  record: record, imageSHA256: hex(try Crypto.hashFile(area.image)), passphraseFile: nil)
     }
 
-    private static func entries(_ workspace: HeaderWorkspace, _ area: ImageHeaderArea) -> [KeyslotEntry] {
+    private static func entries(_ workspace: HeaderWorkspace, _ area: ImageHeaderArea, roles: [Int: String] = [:]) -> [KeyslotEntry] {
         workspace.device.keyslots.map {
             KeyslotEntry(slot: $0.slot, pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations, priority: $0.priority,
-                         role: area.role(ofSlot: $0.slot))
+                         role: roles[$0.slot] ?? area.role(ofSlot: $0.slot))
         }
     }
 }

@@ -68,6 +68,7 @@ public struct Reencryption {
         let paths = ImagePaths(image: request.image)
         let lock = try ImageLock(image: request.image)
         defer { withExtendedLifetime(lock) {} }
+        paths.removeLeftovers()
         try refuseRotationPending(paths)
         let work = paths.reencryptDirectory
         let readyPath = work + "/ready.json"

@@ -56,6 +56,7 @@ public struct ImageInspector {
 
     public init(path: String, requireQCOW2: Bool = false) throws {
         disk = try DiskImageReader(path: path, requireQCOW2: requireQCOW2)
+        try disk.checkAllocations()
         scratch = try TemporaryDirectory(near: NSTemporaryDirectory() + "/x", purpose: "sevimage-inspect")
     }
 

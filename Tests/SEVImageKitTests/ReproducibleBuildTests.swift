@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+@testable import SEVImageKit
+
+/// Two `create` runs with the same `--seed` and `SOURCE_DATE_EPOCH` (at different times, from different
+/// directories) give a byte-identical ESP, the same plaintext root filesystem and the same manifest but
+/// for the image hash. The LUKS header differs by design: salts and the volume key come from the CSPRNG.
+@Suite(.enabled(if: canCheckImages, "needs the image tools, cryptsetup and Python's cryptography"))
+struct ReproducibleBuildTests {
+    @Test func twoSeededBuildsGiveTheSameESPAndPlaintextRoot() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree")
+        try makeRichTree(at: tree, owners: getuid() == 0)
+        var opened: [OpenedImage] = [], manifests: [[String: Any]] = [], plains: [String] = []
+        for run in 1...2 {
+            let directory = scratch.file("run\(run)")
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let image = directory + "/vm.qcow2"
+            let result = try sevimage(["create", "--rootfs", tree, "--output", image, "--size", "200M", "--seed", "pipeline-42"],
+                                      environment: ["SOURCE_DATE_EPOCH": "1700000000"])
+            try #require(result.status == 0, "\(result)")
+            // Captured without a terminal: plain step lines, no progress bar escapes or carriage returns.
+            #expect(result.stdout.isEmpty && !result.stderr.contains("\r") && !result.stderr.contains("\u{1B}"))
+            #expect(result.stderr.split(separator: "\n").allSatisfy { $0.hasPrefix("sevimage: ") })
+            let image1 = try OpenedImage(image: image)
+            opened.append(image1)
+            plains.append(try image1.decryptRoot(passphraseFile: directory + "/vm.passphrase"))
+            let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: directory + "/vm.manifest.json")))
+            manifests.append(try #require(manifest as? [String: Any]))
+            if run == 1 { sleep(2) }  // FAT and tar times have 2-second and 1-second resolution
+        }
+
+        // The ESP, byte for byte (GRUB's memdisk, FAT times and volume id included).
+        #expect(try runProgram("cmp", [opened[0].espPartition, opened[1].espPartition]).status == 0)
+
+        // The manifests, but for the image's SHA-256.
+        var stripped = manifests.map { manifest -> NSDictionary in
+            var copy = manifest
+            var image = copy["image"] as? [String: Any] ?? [:]
+            image["sha256"] = nil
+            copy["image"] = image
+            return copy as NSDictionary
+        }
+        #expect(stripped[0] == stripped[1])
+        #expect((manifests[0]["reproducible"] as? [String: Any])?["seeded"] as? Bool == true)
+        #expect(manifests[0]["createdAt"] as? String == "2023-11-14T22:13:20Z")
+        stripped.removeAll()
+
+        // The plaintext root: both clean, and equal wherever either image holds data. Sectors whose
+        // ciphertext is all zeros were never written (holes): they decrypt to key-dependent noise that
+        // ext4 never reads, and must be the same sectors in both images.
+        for plain in plains { try runChecked("e2fsck", ["-fn", plain]) }
+        let comparison = try compareWrittenSectors(ciphertexts: [opened[0].luksPartition, opened[1].luksPartition], plaintexts: plains)
+        #expect(comparison.differing == 0 && comparison.writtenInOnlyOne == 0)
+        #expect(comparison.written > 100, "the comparison covered \(comparison.written) sectors")
+        // And the same through debugfs: the inode of a file and the tree listing.
+        let listings = try plains.map { try runChecked("debugfs", ["-R", "ls -l /etc", $0]).stdout }
+        #expect(listings[0] == listings[1])
+    }
+
+    struct Comparison { var written = 0, differing = 0, writtenInOnlyOne = 0 }
+
+    /// Walks the data segments 4 KiB at a time: a sector is written when its ciphertext is not all zeros.
+    func compareWrittenSectors(ciphertexts: [String], plaintexts: [String]) throws -> Comparison {
+        let sector = 4096, header = UInt64(LUKSLayout.headerSize)
+        let handles = try (ciphertexts + plaintexts).map { try FileHandle(forReadingFrom: URL(fileURLWithPath: $0)) }
+        defer { for handle in handles { try? handle.close() } }
+        try handles[0].seek(toOffset: header)
+        try handles[1].seek(toOffset: header)
+        var result = Comparison()
+        let zero = Data(count: sector)
+        while true {
+            let chunks = try handles.map { try $0.read(upToCount: 1 << 20) ?? Data() }
+            if chunks.contains(where: \.isEmpty) { break }
+            let count = chunks.map(\.count).min() ?? 0
+            for start in stride(from: 0, to: count - sector + 1, by: sector) {
+                let range = start..<(start + sector)
+                let written = [chunks[0][chunks[0].startIndex + range.lowerBound..<chunks[0].startIndex + range.upperBound] != zero,
+                               chunks[1][chunks[1].startIndex + range.lowerBound..<chunks[1].startIndex + range.upperBound] != zero]
+                if written[0] != written[1] { result.writtenInOnlyOne += 1; continue }
+                guard written[0] else { continue }
+                result.written += 1
+                if chunks[2][chunks[2].startIndex + range.lowerBound..<chunks[2].startIndex + range.upperBound]
+                    != chunks[3][chunks[3].startIndex + range.lowerBound..<chunks[3].startIndex + range.upperBound] {
+                    result.differing += 1
+                }
+            }
+        }
+        return result
+    }
+}

@@ -28,6 +28,7 @@ struct SEVImageCommand: ParsableCommand {
 @main
 enum Main {
     static func main() {
+        ProcessHardening.disableCoreDumps()
         installSignalHandlers()
         do {
             var command = try SEVImageCommand.parseAsRoot()

@@ -57,6 +57,9 @@ public struct ImageBuilder {
     public func run() throws -> CreateResult {
         let started = Date()
         let profile = request.profile
+        let outputLock = try OutputLock(output: request.output)
+        defer { outputLock.release() }
+        WorkDirectory.reapStale(near: request.output)
         for path in [request.output, request.manifestPath] + (request.passphrase == nil ? [request.passphrasePath] : []) {
             try OutputFiles.checkWritable(path, force: request.force)
         }
@@ -69,9 +72,11 @@ public struct ImageBuilder {
         }
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let scratch = try TemporaryDirectory(near: request.output)
+        try PublishJournal.begin(in: scratch.path)
         let tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
         let ext4Size = layout.rootSize - LUKSLayout.headerSize
         try checkFits(tree: tree, ext4Size: ext4Size)
+        FaultInjection.checkpoint("root tree prepared")
 
         let ids = Identities(seed: request.seed)
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
@@ -96,6 +101,7 @@ public struct ImageBuilder {
         let ext4Path = scratch.file("root.ext4")
         try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
             .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: commands)
+        FaultInjection.checkpoint("ext4 built")
 
         // 2. The raw disk with its GPT.
         progress.step("writing the GPT (\(formatSize(layout.diskSize)) disk)")
@@ -105,6 +111,7 @@ public struct ImageBuilder {
             GPTPartition(firstLBA: layout.espFirstLBA, lastLBA: layout.espLastLBA, type: KnownGUID.espType, guid: espGUID, name: "esp"),
             GPTPartition(firstLBA: layout.rootFirstLBA, lastLBA: layout.rootLastLBA, type: KnownGUID.rootX86_64Type, guid: rootGUID, name: "root-x86-64"),
         ])
+        FaultInjection.checkpoint("gpt written")
 
         // 3. The ESP with GRUB.
         progress.step("building the EFI system partition with GRUB")
@@ -116,6 +123,7 @@ public struct ImageBuilder {
         let esp = ESPBuilder(volumeID: fatID)
         try esp.build(path: espPath, size: layout.espSize, files: [("EFI/BOOT/BOOTX64.EFI", grubPath)], timestamp: timestamp)
         try RawFile(path: espPath, writable: false).copyData(in: 0..<layout.espSize, to: disk, at: layout.espOffset)
+        FaultInjection.checkpoint("esp written")
 
         // 4. The LUKS2 header (libcryptsetup) and its keyslot.
         progress.step("formatting LUKS2 (aes-xts-plain64, 4096-byte sectors, PBKDF2 \(profile.pbkdf2Iterations) iterations)")
@@ -140,6 +148,7 @@ public struct ImageBuilder {
             try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
         }
         try header.copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
+        FaultInjection.checkpoint("luks header written")
 
         // 5. The root's data, encrypted: what ext4 uses, or the whole partition with wipe_free_space.
         let plaintext = try RawFile(path: ext4Path, writable: false)
@@ -150,6 +159,7 @@ public struct ImageBuilder {
                                targetOffset: layout.rootOffset + LUKSLayout.headerSize,
                                progress: progress.meter("encrypting", total: total))
         try disk.sync()
+        FaultInjection.checkpoint("root encrypted")
 
         // 6. QCOW2: qemu-img leaves holes and zero runs unallocated.
         progress.step("converting to QCOW2")
@@ -157,6 +167,7 @@ public struct ImageBuilder {
         try ExternalTool.qemuImg.run(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", rawPath, qcowPath])
         let imageSHA = hex(try Crypto.hashFile(qcowPath))
         let imageBytes = try RawFile(path: qcowPath, writable: false).size
+        FaultInjection.checkpoint("qcow2 converted")
 
         // 7. Manifest and passphrase, then publish.
         let createdAt = iso8601(timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? started)
@@ -183,6 +194,7 @@ public struct ImageBuilder {
             reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded))
         let manifestTemp = scratch.file("manifest.json")
         try manifest.encoded().write(to: URL(fileURLWithPath: manifestTemp))
+        FaultInjection.checkpoint("manifest written")
 
         // Passphrase first, image last: an image at the output path always has its key and manifest beside it.
         // Until the image is in place, a failure or a signal removes what was already published.

@@ -21,7 +21,10 @@ public final class Cleanup: @unchecked Sendable {
             defer { paths.removeAll() }
             return paths
         }
-        for path in pending.reversed() { try? FileManager.default.removeItem(atPath: path) }
+        for path in pending.reversed() {
+            WorkDirectory.finish(path)
+            try? FileManager.default.removeItem(atPath: path)
+        }
     }
 }
 
@@ -29,6 +32,8 @@ public final class Cleanup: @unchecked Sendable {
 /// removed when the value is released or the process is interrupted.
 public final class TemporaryDirectory {
     public let path: String
+    /// The locked owner file that tells a later run this directory is in use (Locking.swift).
+    private var owner: Int32 = -1
 
     public init(near outputPath: String, purpose: String = "sevimage") throws {
         let directory = (outputPath as NSString).deletingLastPathComponent
@@ -39,13 +44,16 @@ public final class TemporaryDirectory {
         }
         path = String(cString: created)
         Cleanup.shared.register(path)
+        owner = WorkDirectory.claim(path, output: outputPath)
     }
 
     public func file(_ name: String) -> String { path + "/" + name }
 
     deinit {
+        WorkDirectory.finish(path)
         try? FileManager.default.removeItem(atPath: path)
         Cleanup.shared.unregister(path)
+        if owner >= 0 { close(owner) }
     }
 }
 

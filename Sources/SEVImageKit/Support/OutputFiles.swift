@@ -10,6 +10,8 @@ public enum OutputFiles {
         let synced = fsync(fd)
         close(fd)
         guard synced == 0 else { throw GeneralError.io("flush", path: temporary, errno: errno) }
+        try PublishJournal.record(temporary: temporary, final: final, replace: replace)
+        FaultInjection.checkpoint("before publishing \((final as NSString).lastPathComponent)")
         if replace {
             guard rename(temporary, final) == 0 else { throw GeneralError.io("move into place", path: final, errno: errno) }
         } else {
@@ -20,6 +22,7 @@ public enum OutputFiles {
             unlink(temporary)
         }
         try syncDirectory(of: final)
+        FaultInjection.checkpoint("published \((final as NSString).lastPathComponent)")
     }
 
     public static func syncDirectory(of path: String) throws {

@@ -5,10 +5,11 @@ import ArgumentParser
 struct Firmware: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "firmware",
-        abstract: "Inspect OVMF firmware and compute the launch digests a verifier must expect.",
+        abstract: "Inspect OVMF firmware, compute the launch digests a verifier must expect, build the GRUB for an AmdSev OVMF.",
         subcommands: [
             FirmwareInspect.self,
             FirmwareMeasure.self,
+            FirmwareGrubCommand.self,
         ]
     )
 }

@@ -29,6 +29,9 @@ struct BootCommand: ParsableCommand {
     @Option(name: .customLong("ovmf-vars"), help: "OVMF variables template (a private copy is used).")
     var ovmfVars: String = BootOptions.debianFirmwareVariables
 
+    @Option(help: ArgumentHelp("A whole firmware in one file, given to QEMU as -bios (an AmdSev OVMF.fd with its own GRUB; see scripts/build-amdsev-ovmf.sh); replaces --ovmf-code and --ovmf-vars.", valueName: "OVMF.fd"))
+    var bios: String?
+
     @Option(help: "Seconds to wait for the expected text, the whole boot included.")
     var timeout: Double = 300
 
@@ -59,12 +62,16 @@ struct BootCommand: ParsableCommand {
             throw GeneralError.invalidArgument("--accel \(accel) is not one of kvm, tcg, auto")
         }
         guard !expect.isEmpty else { throw GeneralError.invalidArgument("--expect needs a non-empty text") }
+        if bios != nil && (ovmfCode != BootOptions.debianFirmwareCode || ovmfVars != BootOptions.debianFirmwareVariables) {
+            throw GeneralError.invalidArgument("--bios replaces --ovmf-code and --ovmf-vars; give one or the other")
+        }
     }
 
     func run() throws {
         var options = BootOptions(image: image)
         options.firmwareCode = ovmfCode
         options.firmwareVariables = ovmfVars
+        options.firmwareImage = bios
         options.timeout = .milliseconds(Int64(timeout * 1000))
         options.expectedText = expect
         options.memoryMiB = try parseMemoryMiB(memory)

@@ -14,6 +14,10 @@ public struct BootOptions: Sendable {
     public var firmwareCode: String = BootOptions.debianFirmwareCode
     /// A variables template; the boot writes to a private copy, never to this file.
     public var firmwareVariables: String = BootOptions.debianFirmwareVariables
+    /// A whole firmware in one file (an AmdSev `OVMF.fd`: code, variables and its own GRUB), given to QEMU
+    /// as `-bios`. When set, `firmwareCode` and `firmwareVariables` are not used. QEMU maps `-bios` read-only:
+    /// the file is never written.
+    public var firmwareImage: String?
     /// Wall-clock limit for the whole boot, KVM attempt included.
     public var timeout: Duration = .seconds(300)
     /// The console text that means success.

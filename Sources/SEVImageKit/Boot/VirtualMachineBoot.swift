@@ -59,6 +59,10 @@ public enum VirtualMachineBoot {
     /// Refuses missing inputs before QEMU starts, with messages that name the file.
     static func check(_ options: BootOptions) throws {
         guard isRegularFile(options.image) else { throw BootError.imageMissing(options.image) }
+        if let firmwareImage = options.firmwareImage {
+            guard isRegularFile(firmwareImage) else { throw BootError.firmwareMissing(firmwareImage, role: "firmware") }
+            return
+        }
         guard isRegularFile(options.firmwareCode) else {
             throw BootError.firmwareMissing(options.firmwareCode, role: "firmware code")
         }
@@ -97,10 +101,17 @@ public enum VirtualMachineBoot {
             "-chardev", "stdio,id=console,signal=off",
             "-serial", "chardev:console",
             "-monitor", "none",
-            "-drive", "if=pflash,format=raw,readonly=on,file=\(escaped(options.firmwareCode))",
-            "-drive", "if=pflash,format=raw,file=\(escaped(variables))",
-            "-drive", "file=\(escaped(options.image)),format=\(imageFormat),if=virtio,snapshot=\(options.writable ? "off" : "on")",
         ]
+        if let firmwareImage = options.firmwareImage {
+            // One read-only file: the AmdSev OVMF with the GRUB in its firmware volume.
+            arguments += ["-bios", firmwareImage]
+        } else {
+            arguments += [
+                "-drive", "if=pflash,format=raw,readonly=on,file=\(escaped(options.firmwareCode))",
+                "-drive", "if=pflash,format=raw,file=\(escaped(variables))",
+            ]
+        }
+        arguments += ["-drive", "file=\(escaped(options.image)),format=\(imageFormat),if=virtio,snapshot=\(options.writable ? "off" : "on")"]
         return arguments
     }
 
@@ -123,11 +134,13 @@ public enum VirtualMachineBoot {
         // A private copy of the variables: OVMF writes boot entries into it.
         let temporary = try TemporaryDirectory(near: NSTemporaryDirectory() + "/sevimage-boot", purpose: "sevimage-boot")
         let variables = temporary.file("OVMF_VARS.fd")
-        guard let template = FileManager.default.contents(atPath: options.firmwareVariables) else {
-            throw GeneralError.io("read", path: options.firmwareVariables, errno: EACCES)
-        }
-        guard FileManager.default.createFile(atPath: variables, contents: template, attributes: [.posixPermissions: 0o600]) else {
-            throw GeneralError.io("write", path: variables, errno: EIO)
+        if options.firmwareImage == nil {
+            guard let template = FileManager.default.contents(atPath: options.firmwareVariables) else {
+                throw GeneralError.io("read", path: options.firmwareVariables, errno: EACCES)
+            }
+            guard FileManager.default.createFile(atPath: variables, contents: template, attributes: [.posixPermissions: 0o600]) else {
+                throw GeneralError.io("write", path: variables, errno: EIO)
+            }
         }
         let vm = try QEMUProcess(executable: qemu, arguments: arguments(
             options, accelerator: accelerator, variables: variables, imageFormat: imageFormat(options.image)))

@@ -71,6 +71,17 @@ import Testing
         #expect(kvm.contains("q35,accel=kvm") && kvm.contains("host"))
     }
 
+    @Test(arguments: [(["--memory", "64"], "memory size \"64\" is not a size"),
+                      (["--accel", "xen"], "--accel xen is not one of kvm, tcg, auto"),
+                      (["--timeout", "0"], "is not a positive number of seconds"),
+                      (["--expect", ""], "--expect needs a non-empty text")])
+    func badArguments(extra: [String], message: String) throws {
+        let result = try sevimage(["boot", "/nonexistent.qcow2", "--passphrase-file", "/nonexistent"] + extra)
+        #expect(result.status == ExitStatus.invalidInput.rawValue)
+        #expect(result.stderr.contains(message), "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1)
+    }
+
     @Test func exitStatuses() {
         #expect(BootError.passphraseRefused.exitStatus == .wrongPassphrase)
         #expect(BootError.passphraseRefused.description == "the passphrase was refused by GRUB")

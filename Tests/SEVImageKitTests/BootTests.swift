@@ -194,7 +194,10 @@ struct BootTests {
         #expect(process.terminationStatus == 128 + SIGTERM)
         let stopped = Date()
         while !qemuProcesses(using: image).isEmpty && Date().timeIntervalSince(stopped) < 5 { usleep(100_000) }
-        #expect(qemuProcesses(using: image).isEmpty, "\(qemuProcesses(using: image).map { (try? String(contentsOfFile: "/proc/\($0)/stat", encoding: .utf8)) ?? "" })")
+        let survivors = qemuProcesses(using: image)
+        #expect(survivors.isEmpty, "\(survivors.map { (try? String(contentsOfFile: "/proc/\($0)/stat", encoding: .utf8)) ?? "" })")
+        // A failure must not leave a VM waiting at GRUB's prompt for ever.
+        for pid in survivors { kill(pid, SIGKILL) }
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.hasPrefix(".sevimage-boot") }
         #expect(leftovers.isEmpty)
     }

@@ -82,6 +82,9 @@ public struct ImageBuilder {
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
         let luksUUID = try ids.guid("luks"), ext4UUID = try ids.guid("ext4"), hashSeed = try ids.guid("ext4-hash-seed")
         let fatID = try ids.uint32("fat")
+        // libcryptsetup stores the LUKS UUID through libuuid, which spells it in upper case; blkid and
+        // /dev/disk/by-uuid show that spelling, so the grub.cfg, crypttab and manifest use it too.
+        let luksUUIDText = luksUUID.description.uppercased()
         let timestamp = request.sourceDateEpoch
 
         // 1. The root filesystem, in the clear, in its own sparse file.
@@ -89,14 +92,14 @@ public struct ImageBuilder {
         let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
         if !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub/grub.cfg") {
             let cfg = GrubRootConfig(kernel: kernel, initrd: initrd,
-                                     commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUID) \(profile.kernelCommandLine)",
+                                     commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUIDText) \(profile.kernelCommandLine)",
                                      timeout: profile.grubTimeout)
             let cfgPath = scratch.file("grub.cfg")
             try Data(cfg.text.utf8).write(to: URL(fileURLWithPath: cfgPath))
             commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
                                        makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
         }
-        if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUID) }
+        if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUIDText) }
         progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
         let ext4Path = scratch.file("root.ext4")
         try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
@@ -117,7 +120,7 @@ public struct ImageBuilder {
         progress.step("building the EFI system partition with GRUB")
         let grubPath = scratch.file("BOOTX64.EFI")
         try GrubImage.buildStandalone(output: grubPath,
-                                      config: GrubImage.embeddedConfig(luksUUID: luksUUID.description, rootFilesystemUUID: ext4UUID.description),
+                                      config: GrubImage.embeddedConfig(luksUUID: luksUUIDText, rootFilesystemUUID: ext4UUID.description),
                                       scratch: scratch.path, timestamp: timestamp)
         let espPath = scratch.file("esp.fat")
         let esp = ESPBuilder(volumeID: fatID)
@@ -132,7 +135,7 @@ public struct ImageBuilder {
         let headerPath = scratch.file("luks.header")
         _ = try RawFile(creating: headerPath, size: layout.rootSize)
         let luks = try CryptDevice(path: headerPath)
-        try luks.format(volumeKey: volumeKey, uuid: luksUUID.description, dataOffset: LUKSLayout.headerSize,
+        try luks.format(volumeKey: volumeKey, uuid: luksUUIDText, dataOffset: LUKSLayout.headerSize,
                         sectorSize: LUKSLayout.sectorSize, label: nil)
         let mainSlot = try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
         var roles = [mainSlot: request.passphrase == nil ? "generated" : "given"]
@@ -181,10 +184,10 @@ public struct ImageBuilder {
                       innerFilesystem: nil, innerFilesystemUUID: nil),
                 .init(number: 2, role: "root", name: "root-x86-64", typeGUID: KnownGUID.rootX86_64Type.description,
                       partitionGUID: rootGUID.description, firstLBA: layout.rootFirstLBA, lastLBA: layout.rootLastLBA,
-                      filesystem: "crypto_LUKS", filesystemUUID: luksUUID.description, innerFilesystem: "ext4",
+                      filesystem: "crypto_LUKS", filesystemUUID: luksUUIDText, innerFilesystem: "ext4",
                       innerFilesystemUUID: ext4UUID.description),
             ],
-            luks: .init(uuid: luksUUID.description, version: 2, cipher: luks.cipher, keySizeBits: luks.volumeKeySize * 8,
+            luks: .init(uuid: luksUUIDText, version: 2, cipher: luks.cipher, keySizeBits: luks.volumeKeySize * 8,
                         sectorSize: luks.sectorSize, dataOffset: luks.dataOffset,
                         keyslots: keyslots.map { .init(slot: $0.slot, role: roles[$0.slot] ?? "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations) },
                         encryptedExtent: profile.wipeFreeSpace ? "full" : "used-blocks"),
@@ -221,7 +224,7 @@ public struct ImageBuilder {
         return CreateResult(image: request.output, manifest: request.manifestPath,
                             passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,
                             virtualSize: layout.diskSize, imageBytes: imageBytes, encryptedBytes: total,
-                            luksUUID: luksUUID.description, seconds: Date().timeIntervalSince(started))
+                            luksUUID: luksUUIDText, seconds: Date().timeIntervalSince(started))
     }
 
     /// What the encryption must cover: every extent mke2fs wrote. The holes it left are inode-table tails

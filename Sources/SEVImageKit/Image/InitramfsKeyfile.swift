@@ -60,22 +60,9 @@ public struct InitramfsKeyfile: Sendable {
         "\(mappingName) UUID=\(luksUUID) \(targetPath) luks,discard"
     }
 
-    /// The UUID as the LUKS header will spell it: libcryptsetup stores it through libuuid, which may
-    /// print it in upper case, and udev's /dev/disk/by-uuid (what `UUID=` resolves to) uses that spelling.
-    /// Found by formatting a throwaway header with the same UUID.
-    static func headerSpelling(of uuid: GUID, scratch: TemporaryDirectory) throws -> String {
-        let path = scratch.file("uuid-probe.luks")
-        defer { unlink(path) }
-        _ = try RawFile(creating: path, size: LUKSLayout.headerSize + (1 << 20))
-        let device = try CryptDevice(path: path)
-        try device.format(volumeKey: try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes), uuid: uuid.description,
-                          dataOffset: LUKSLayout.headerSize, sectorSize: LUKSLayout.sectorSize, label: nil)
-        return device.uuid
-    }
-
     /// debugfs commands that install a generated key and the crypttab entry (none for the author's own key).
     /// An existing `/etc/crypttab` in the tree is kept, with any `root` line replaced by ours.
-    public func debugfsCommands(tree: String, scratch: TemporaryDirectory, luksUUID: GUID) throws -> [String] {
+    public func debugfsCommands(tree: String, scratch: TemporaryDirectory, luksUUID: String) throws -> [String] {
         guard installsInRoot else { return [] }
         let fm = FileManager.default
         let keyPath = scratch.file("initramfs.key")
@@ -94,7 +81,7 @@ public struct InitramfsKeyfile: Sendable {
             while existing.last?.isEmpty == true { existing.removeLast() }
         }
         let crypttabPath = scratch.file("crypttab")
-        try Data((existing + [Self.crypttabLine(luksUUID: try Self.headerSpelling(of: luksUUID, scratch: scratch))]).joined(separator: "\n").appending("\n").utf8)
+        try Data((existing + [Self.crypttabLine(luksUUID: luksUUID)]).joined(separator: "\n").appending("\n").utf8)
             .write(to: URL(fileURLWithPath: crypttabPath))
 
         var commands: [String] = []

@@ -40,6 +40,7 @@ enum Main {
 
     /// One line on stderr and the contract's exit status; help and version go through unchanged.
     static func exitAfter(_ error: Error) -> Never {
+        Interruption.waitIfInterrupted()
         switch error {
         case let error as SEVImageError:
             Console.error(error.description)

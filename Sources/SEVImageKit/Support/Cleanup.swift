@@ -63,6 +63,7 @@ public func installSignalHandlers() {
         signal(sig, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
         source.setEventHandler {
+            Interruption.begin()
             ChildProcesses.shared.terminateAll()
             Cleanup.shared.removeAll()
             Console.error("interrupted by signal \(sig); partial outputs were removed")
@@ -75,4 +76,21 @@ public func installSignalHandlers() {
 
 private enum SignalSources {
     nonisolated(unsafe) static var keep: [any DispatchSourceSignal] = []
+}
+
+/// Set once a signal handler has started cleaning up: from then on the signal handler alone ends the
+/// process (with 128 + signal), and the main thread, which may see its children die, must not race it.
+public enum Interruption {
+    nonisolated(unsafe) private static var flag = false
+    private static let lock = NSLock()
+
+    static func begin() { lock.withLock { flag = true } }
+
+    public static var isInterrupted: Bool { lock.withLock { flag } }
+
+    /// Called by the main thread before it exits: parks it while a signal handler finishes.
+    public static func waitIfInterrupted() {
+        guard isInterrupted else { return }
+        while true { sleep(60) }
+    }
 }

@@ -107,8 +107,9 @@ public final class ChildProcesses: @unchecked Sendable {
     func add(_ pid: Int32) { lock.withLock { _ = pids.insert(pid) } }
     func remove(_ pid: Int32) { lock.withLock { _ = pids.remove(pid) } }
 
-    /// Sends SIGTERM to every child still running.
+    /// Kills every child still running. SIGKILL, not SIGTERM: children started through Foundation's
+    /// `Process` inherit our ignored SIGTERM, and their half-written outputs are removed anyway.
     public func terminateAll() {
-        for pid in lock.withLock({ pids }) { kill(pid, SIGTERM) }
+        for pid in lock.withLock({ pids }) { kill(pid, SIGKILL) }
     }
 }

@@ -251,3 +251,36 @@ struct AmdSevTests {
         #expect(result.stdout.isEmpty)
     }
 }
+
+/// `boot --bios`: the firmware as one read-only `-bios` file instead of pflash code and variables.
+@Suite struct BootBiosOptionTests {
+    @Test func qemuGetsOneBiosFileAndNoPflash() {
+        var options = BootOptions(image: "/images/a.qcow2")
+        options.firmwareImage = "/fw/OVMF.fd"
+        let arguments = VirtualMachineBoot.arguments(options, accelerator: .tcg, variables: "/tmp/vars.fd", imageFormat: "qcow2")
+        let bios = arguments.firstIndex(of: "-bios")
+        #expect(bios.map { arguments[$0 + 1] } == "/fw/OVMF.fd")
+        #expect(!arguments.contains { $0.contains("pflash") })
+        #expect(arguments.last == "file=/images/a.qcow2,format=qcow2,if=virtio,snapshot=on")
+    }
+
+    @Test func biosAndPflashOptionsExcludeEachOther() throws {
+        let result = try sevimage(["boot", "/nonexistent.qcow2", "--passphrase-file", "/nonexistent", "--bios", "/x/OVMF.fd",
+                                   "--ovmf-code", "/x/CODE.fd"])
+        #expect(result.status == ExitStatus.invalidInput.rawValue, "\(result)")
+        #expect(result.stderr == "sevimage: error: --bios replaces --ovmf-code and --ovmf-vars; give one or the other (see --help)\n"
+                || result.stderr == "sevimage: error: --bios replaces --ovmf-code and --ovmf-vars; give one or the other\n", "\(result)")
+    }
+
+    @Test func missingBiosFileIsNamed() throws {
+        let scratch = try Scratch()
+        let image = scratch.file("x.qcow2")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: image))
+        let passphrase = scratch.file("p")
+        try writePassphraseFile(passphrase, "some passphrase")
+        let result = try sevimage(["boot", image, "--passphrase-file", passphrase, "--bios", "/nonexistent/OVMF.fd"])
+        #expect(result.status == ExitStatus.invalidInput.rawValue, "\(result)")
+        #expect(result.stderr == "sevimage: error: OVMF firmware /nonexistent/OVMF.fd does not exist; build an AmdSev one with scripts/build-amdsev-ovmf.sh\n", "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1)
+    }
+}

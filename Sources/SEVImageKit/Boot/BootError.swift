@@ -29,6 +29,9 @@ public enum BootError: SEVImageError {
         switch self {
         case .imageMissing(let path):
             "image \(path) does not exist or is not a regular file"
+        case .firmwareMissing(let path, let role) where role == "firmware":
+            // `--bios`: one whole firmware file, such as an AmdSev OVMF.
+            "OVMF firmware \(path) does not exist; build an AmdSev one with scripts/build-amdsev-ovmf.sh"
         case .firmwareMissing(let path, let role):
             "OVMF \(role) \(path) does not exist; install the Debian package ovmf or pass --ovmf-code and --ovmf-vars"
         case .invalidMemory(let text):

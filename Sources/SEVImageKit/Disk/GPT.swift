@@ -27,6 +27,9 @@ public struct DiskLayout: Sendable, Equatable {
             throw GeneralError.invalidArgument("the ESP size \(espSize) is not a multiple of 1 MiB")
         }
         let usable = diskSize / align * align
+        guard diskSize <= Profile.maximumDiskSize else {
+            throw GeneralError.invalidArgument("a disk of \(formatSize(diskSize)) is too large: at most \(formatSize(Profile.maximumDiskSize))")
+        }
         let minimumRoot = LUKSLayout.headerSize + (16 << 20)
         let needed = align + espSize + minimumRoot + align
         guard usable >= needed else {

@@ -38,6 +38,11 @@ public final class CryptDevice {
     @discardableResult
     private func check(_ status: Int32, _ operation: String) throws -> Int32 {
         guard status >= 0 else {
+            // libcryptsetup reports a full disk as an I/O error ("cannot wipe header"): say what it is.
+            var fs = statvfs()
+            if statvfs(path, &fs) == 0, UInt64(fs.f_bavail) * UInt64(fs.f_frsize) < 1 << 20 {
+                throw LUKSError.library(operation, -ENOSPC, "no space left on device")
+            }
             throw LUKSError.library(operation, status, log.last)
         }
         return status

@@ -125,7 +125,17 @@ public enum WorkDirectory {
         let directory = (output as NSString).deletingLastPathComponent
         let parent = directory.isEmpty ? "." : directory
         var removed: [String] = []
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where isWorkDirectoryName(name) {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
+        // Lock files of runs that died: nobody holds their lock. Whoever opens one just before the unlink
+        // sees, after locking, that the name no longer leads to it, and starts over (OutputLock.init).
+        for name in names where name.hasPrefix(".") && name.hasSuffix(".sevimage-lock") {
+            let path = parent + "/" + name
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+            guard fd >= 0 else { continue }
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { unlink(path) }
+            close(fd)
+        }
+        for name in names where isWorkDirectoryName(name) {
             let path = parent + "/" + name
             var info = stat()
             guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == geteuid() || geteuid() == 0 else { continue }

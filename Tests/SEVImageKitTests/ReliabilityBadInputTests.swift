@@ -1,0 +1,357 @@
+import Foundation
+import Testing
+@testable import SEVImageKit
+
+/// The bad-input matrix (issue 7): one row per input, each with its exact exit status, a one-line message
+/// that names the problem, and nothing left at the output paths. CreateTests holds the first rows for
+/// `create` (missing rootfs, no kernel, sizes 8X, 0 and 1M, a tree larger than the disk, empty and NUL
+/// passphrase files, a missing output directory, an existing output); these are the rest.
+@Suite(.enabled(if: canCheckImages, "needs the image tools (e2fsprogs, dosfstools, mtools, grub, qemu-utils, cryptsetup, fdisk)"))
+struct ReliabilityBadInputTests {
+    struct Row: CustomTestStringConvertible, Sendable {
+        var name: String
+        var arguments: @Sendable (_ scratch: String) -> [String]
+        var setup: @Sendable (_ scratch: String) throws -> Void = { _ in }
+        var status: Int32
+        var message: String
+        /// Run unprivileged (root ignores file modes).
+        var user: UInt32? = nil
+        var testDescription: String { name }
+    }
+
+    static func file(_ path: String, _ bytes: [UInt8], mode: Int) {
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes), attributes: [.posixPermissions: mode])
+    }
+
+    static let createRows: [Row] = [
+        Row(name: "rootfs is an empty directory", arguments: { ["--rootfs", "\($0)/empty"] },
+            setup: { try FileManager.default.createDirectory(atPath: "\($0)/empty", withIntermediateDirectories: false) },
+            status: 2, message: "no kernel in"),
+        Row(name: "rootfs is an empty file", arguments: { ["--rootfs", "\($0)/empty.tar"] },
+            setup: { file("\($0)/empty.tar", [], mode: 0o644) },
+            status: 2, message: "not a directory, and not a tar archive"),
+        Row(name: "rootfs is a FIFO", arguments: { ["--rootfs", "\($0)/fifo"] },
+            setup: { mkfifo("\($0)/fifo", 0o644) },
+            status: 2, message: "cannot be used: not a directory or a tarball"),
+        Row(name: "rootfs is /dev/null", arguments: { _ in ["--rootfs", "/dev/null"] },
+            status: 2, message: "root tree /dev/null cannot be used"),
+        Row(name: "rootfs is unreadable", arguments: { ["--rootfs", "\($0)/private/tree"] },
+            setup: { scratch in
+                try FileManager.default.createDirectory(atPath: "\(scratch)/private", withIntermediateDirectories: false)
+                try makeRichTree(at: "\(scratch)/private/tree", owners: false)
+                chmod("\(scratch)/private", 0o700)
+            }, status: 2, message: "cannot be used: permission denied", user: 65534),
+        Row(name: "a file in the rootfs is unreadable", arguments: { ["--rootfs", "\($0)/tree"] },
+            setup: { scratch in
+                _ = try runChecked("chmod", ["-R", "a+rX", "\(scratch)/tree"])
+                chmod("\(scratch)/tree/etc/hostname", 0)
+            }, status: 2, message: "cannot be read: permission denied", user: 65534),
+        Row(name: "a file name with a newline", arguments: { ["--rootfs", "\($0)/tree"] },
+            setup: { file("\($0)/tree/etc/new\nline", [], mode: 0o644) },
+            status: 2, message: "has a line break in its name"),
+        Row(name: "a file name that is not UTF-8", arguments: { ["--rootfs", "\($0)/tree"] },
+            setup: { scratch in
+                let name = Array("\(scratch)/tree/etc/bad".utf8) + [0xFF, 0xFE, 0]
+                let fd = name.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_CREAT | O_WRONLY, 0o644) } }
+                close(fd)
+            }, status: 2, message: "is not valid utf-8"),
+        Row(name: "a 4 GiB sparse file that does not fit", arguments: { ["--rootfs", "\($0)/tree", "--size", "2G"] },
+            setup: { scratch in
+                file("\(scratch)/tree/etc/sparse", [], mode: 0o644)
+                truncate("\(scratch)/tree/etc/sparse", 4 << 30)
+            }, status: 2, message: "the root tree needs about"),
+        Row(name: "size 1", arguments: { ["--rootfs", "\($0)/tree", "--size", "1"] }, status: 2, message: "a disk of 1 is too small"),
+        Row(name: "size 1e20", arguments: { ["--rootfs", "\($0)/tree", "--size", "1e20"] }, status: 2, message: "invalid size '1e20'"),
+        Row(name: "size beyond 16 EiB", arguments: { ["--rootfs", "\($0)/tree", "--size", "100000000T"] }, status: 2, message: "too large"),
+        Row(name: "size beyond the 64T limit", arguments: { ["--rootfs", "\($0)/tree", "--size", "1000T"] }, status: 2, message: "is too large: at most 64T"),
+        Row(name: "output directory read-only", arguments: { ["--rootfs", "\($0)/tree", "--output", "\($0)/ro/vm.qcow2"] },
+            setup: { scratch in
+                _ = try runChecked("chmod", ["-R", "a+rX", "\(scratch)/tree"])
+                try FileManager.default.createDirectory(atPath: "\(scratch)/ro", withIntermediateDirectories: false)
+                chmod("\(scratch)/ro", 0o555)
+            }, status: 2, message: "/ro is not writable", user: 65534),
+        Row(name: "output is a directory", arguments: { ["--rootfs", "\($0)/tree", "--output", "\($0)/dir.qcow2"] },
+            setup: { try FileManager.default.createDirectory(atPath: "\($0)/dir.qcow2", withIntermediateDirectories: false) },
+            status: 2, message: "dir.qcow2 is a directory"),
+        Row(name: "output is a symbolic link", arguments: { ["--rootfs", "\($0)/tree", "--output", "\($0)/link.qcow2"] },
+            setup: { symlink("\($0)/elsewhere.qcow2", "\($0)/link.qcow2") },
+            status: 2, message: "link.qcow2 is a symbolic link"),
+        Row(name: "passphrase file writable by the group", arguments: { ["--rootfs", "\($0)/tree", "--passphrase-file", "\($0)/gw.pass"] },
+            setup: { file("\($0)/gw.pass", Array("secret".utf8), mode: 0o620) },
+            status: 2, message: "gw.pass is writable by other users"),
+        Row(name: "passphrase file writable by everyone", arguments: { ["--rootfs", "\($0)/tree", "--passphrase-file", "\($0)/ww.pass"] },
+            setup: { file("\($0)/ww.pass", Array("secret".utf8), mode: 0o666) },
+            status: 2, message: "ww.pass is writable by other users"),
+        Row(name: "passphrase file is a FIFO", arguments: { ["--rootfs", "\($0)/tree", "--passphrase-file", "\($0)/pass.fifo"] },
+            setup: { mkfifo("\($0)/pass.fifo", 0o600) },
+            status: 2, message: "pass.fifo is not a regular file"),
+        Row(name: "passphrase file is /dev/null", arguments: { ["--rootfs", "\($0)/tree", "--passphrase-file", "/dev/null"] },
+            status: 2, message: "/dev/null is not a regular file"),
+        Row(name: "passphrase file is missing", arguments: { ["--rootfs", "\($0)/tree", "--passphrase-file", "\($0)/none.pass"] },
+            status: 2, message: "cannot read passphrase file"),
+        Row(name: "recovery passphrase file writable by others", arguments: { ["--rootfs", "\($0)/tree", "--profile", "recovery", "--recovery-passphrase-file", "\($0)/r.pass"] },
+            setup: { file("\($0)/r.pass", Array("recover me".utf8), mode: 0o646) },
+            status: 2, message: "r.pass is writable by other users"),
+        Row(name: "profile with an unknown key", arguments: { ["--rootfs", "\($0)/tree", "--profile", "\($0)/p.toml"] },
+            setup: { file("\($0)/p.toml", Array("[image]\nsise = \"1G\"\n".utf8), mode: 0o644) },
+            status: 2, message: "line 2: unknown key"),
+        Row(name: "profile with a wrong type", arguments: { ["--rootfs", "\($0)/tree", "--profile", "\($0)/p.toml"] },
+            setup: { file("\($0)/p.toml", Array("[luks]\npbkdf2_iterations = \"many\"\n".utf8), mode: 0o644) },
+            status: 2, message: "line 2: 'luks.pbkdf2_iterations' must be an integer"),
+        Row(name: "profile with a value out of range", arguments: { ["--rootfs", "\($0)/tree", "--profile", "\($0)/p.toml"] },
+            setup: { file("\($0)/p.toml", Array("[boot]\ngrub_timeout = 99999\n".utf8), mode: 0o644) },
+            status: 2, message: "grub_timeout"),
+        Row(name: "profile that is not TOML", arguments: { ["--rootfs", "\($0)/tree", "--profile", "\($0)/p.toml"] },
+            setup: { file("\($0)/p.toml", Array("[image\nsize = \n".utf8), mode: 0o644) },
+            status: 2, message: "p.toml, line 1"),
+    ]
+
+    @Test(arguments: createRows)
+    func createRefuses(_ row: Row) throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        try row.setup(scratch.path)
+        let before = entries(of: scratch.path)
+        var arguments = ["create"] + row.arguments(scratch.path)
+        if !arguments.contains("--output") { arguments += ["--output", scratch.file("vm.qcow2")] }
+        if !arguments.contains("--size") { arguments += ["--size", "128M"] }
+        let result = try sevimage(arguments, user: row.user)
+        #expect(result.status == row.status, "\(result)")
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix("sevimage: error: ") && result.stderr.contains(row.message), "\(result.stderr)")
+        #expect(entries(of: scratch.path) == before, "something was written")
+        if let output = arguments.firstIndex(of: "--output").map({ arguments[$0 + 1] }) {
+            let directory = (output as NSString).deletingLastPathComponent
+            #expect(entries(of: directory).allSatisfy { !$0.hasPrefix(".sevimage") && !$0.hasSuffix(".sevimage-lock") })
+        }
+    }
+
+    /// World-readable passphrase file: a warning on stderr, and the image is made with that passphrase.
+    @Test func worldReadablePassphraseFileWarnsAndWorks() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        Self.file(scratch.file("readable.pass"), Array("readable by all".utf8), mode: 0o644)
+        let result = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M",
+                                   "--quiet", "--passphrase-file", scratch.file("readable.pass")])
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stderr == "sevimage: warning: \(scratch.file("readable.pass")) is readable by other users; chmod 600 it\n")
+        let opened = try OpenedImage(image: scratch.file("vm.qcow2"))
+        #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", scratch.file("readable.pass"), opened.luksPartition]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: scratch.file("vm.passphrase")))
+    }
+
+    /// Legal in a root tree, and carried over as they are: a symlink loop, an absolute symlink that points
+    /// outside the tree (a link is not followed at build time: it is copied as a link), a device node and a
+    /// FIFO (as root), and a hard link across directories.
+    @Test func oddButLegalEntriesAreCopiedAsThemselves() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree")
+        try makeRichTree(at: tree, owners: false)
+        symlink("loop-b", tree + "/etc/loop-a")
+        symlink("loop-a", tree + "/etc/loop-b")
+        symlink("/etc/shadow", tree + "/etc/outside")
+        symlink("../../../../../../../../etc/shadow", tree + "/etc/climbing")
+        link(tree + "/usr/bin/tool", tree + "/etc/tool-hardlink")
+        let asRoot = getuid() == 0
+        if asRoot {
+            mknod(tree + "/etc/null", S_IFCHR | 0o666, dev_t(1 << 8 | 3))  // makedev(1, 3)
+            mkfifo(tree + "/etc/fifo", 0o600)
+        }
+        let result = try sevimage(["create", "--rootfs", tree, "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        #expect(result.status == 0, "\(result)")
+        let opened = try OpenedImage(image: scratch.file("vm.qcow2"))
+        let root = try opened.decryptRoot(passphraseFile: scratch.file("vm.passphrase"))
+        func inode(_ path: String) throws -> String { try runChecked("debugfs", ["-R", "stat \(path)", root]).stdout }
+        #expect(try inode("/etc/loop-a").contains("Fast link dest: \"loop-b\""))
+        #expect(try inode("/etc/loop-b").contains("Fast link dest: \"loop-a\""))
+        #expect(try inode("/etc/outside").contains("Fast link dest: \"/etc/shadow\""))
+        #expect(try inode("/etc/climbing").contains("Fast link dest: \"../../../../../../../../etc/shadow\""))
+        let firstLine = { (text: String) in text.split(separator: "\n").first.map(String.init) ?? "" }
+        let tool = try inode("/usr/bin/tool"), hard = try inode("/etc/tool-hardlink")
+        #expect(firstLine(tool) == firstLine(hard) && tool.contains("Links: 2"), "\(tool)\n\(hard)")
+        if asRoot {
+            let null = try inode("/etc/null")
+            #expect(null.contains("Type: character special") && null.contains("Device major/minor number: 01:03"), "\(null)")
+            #expect(try inode("/etc/fifo").contains("Type: FIFO"))
+        }
+        _ = try runChecked("e2fsck", ["-fn", root])
+    }
+
+    /// A 4 GiB sparse file in an 8G disk is built quickly and stays sparse: the image holds its data, not its holes.
+    @Test func bigSparseFileIsBuiltSparsely() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree")
+        try makeRichTree(at: tree, owners: false)
+        let fd = open(tree + "/etc/sparse", O_CREAT | O_WRONLY, 0o644)
+        #expect(pwrite(fd, "end", 3, (4 << 30) - 3) == 3)
+        close(fd)
+        let started = Date()
+        let result = try sevimage(["create", "--rootfs", tree, "--output", scratch.file("vm.qcow2"), "--size", "8G", "--quiet"])
+        let seconds = Date().timeIntervalSince(started)
+        #expect(result.status == 0, "\(result)")
+        #expect(seconds < 60, "took \(seconds) s")
+        var info = stat()
+        #expect(stat(scratch.file("vm.qcow2"), &info) == 0)
+        #expect(info.st_blocks * 512 < 96 << 20, "the image takes \(info.st_blocks * 512) bytes")
+        try runChecked("qemu-img", ["check", scratch.file("vm.qcow2")])
+        // The file inside: decrypt only the extents the sparse raw view holds (a hole stays a hole).
+        let opened = try OpenedImage(image: scratch.file("vm.qcow2"))
+        let key = scratch.file("volume.key"), plain = scratch.file("root.ext4")
+        try runChecked("cryptsetup", ["luksDump", "--dump-volume-key", "--batch-mode", "--key-file", scratch.file("vm.passphrase"),
+                                      "--volume-key-file", key, opened.luksPartition])
+        try runChecked(python3, ["-c", Self.decryptExtents, opened.luksPartition, key, String(LUKSLayout.headerSize), plain])
+        let listing = try runChecked("debugfs", ["-R", "stat /etc/sparse", plain]).stdout
+        #expect(listing.contains("Size: 4294967296"), "\(listing)")
+    }
+
+    /// AES-XTS (plain64, 4096-byte sectors) of the data extents only, with Python's `cryptography`.
+    static let decryptExtents = """
+    import os, sys
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    src, key_file, offset, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    key = open(key_file, "rb").read()
+    fd = os.open(src, os.O_RDONLY); size = os.fstat(fd).st_size
+    dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.ftruncate(dst, size - offset)
+    pos = offset
+    while pos < size:
+        try: start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError: break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        start -= (start - offset) % 4096
+        for sector in range(start, end, 4096):
+            block = os.pread(fd, 4096, sector)
+            n = (sector - offset) // 4096
+            dec = Cipher(algorithms.AES(key), modes.XTS((n * 8).to_bytes(16, "little"))).decryptor()
+            os.pwrite(dst, dec.update(block) + dec.finalize(), sector - offset)
+        pos = end
+    """
+
+    /// A full filesystem (a 40M tmpfs) mid-write: one line naming ENOSPC, exit 1, and nothing left behind.
+    @Test(.enabled(if: getuid() == 0, "mounts a tmpfs"))
+    func fullFilesystemLeavesNothing() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree")
+        try makeRichTree(at: tree, owners: false)
+        try Data((0..<24_000_000).map { UInt8(truncatingIfNeeded: ($0 &* 2654435761) >> 11) }).write(to: URL(fileURLWithPath: tree + "/etc/noise"))
+        let small = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: false)
+        try runChecked("mount", ["-t", "tmpfs", "-o", "size=40M", "tmpfs", small])
+        defer { _ = try? runProgram("umount", [small]) }
+        let result = try sevimage(["create", "--rootfs", tree, "--output", small + "/vm.qcow2", "--size", "256M", "--quiet"])
+        #expect(result.status == 1, "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix("sevimage: error: ") && result.stderr.contains("no space left on device"), "\(result.stderr)")
+        #expect(entries(of: small).isEmpty, "\(entries(of: small))")
+        let df = try runChecked("df", ["--output=used", "-B1", small]).stdout
+        #expect(df.split(separator: "\n").last.flatMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }.map { $0 < 1 << 20 } == true, "\(df)")
+    }
+
+    // MARK: Images given to verify, rotate, reencrypt and keys
+
+    struct ImageCommand: Sendable {
+        var name: String
+        var arguments: @Sendable (_ image: String, _ fixture: String) -> [String]
+    }
+
+    static let imageCommands: [ImageCommand] = [
+        ImageCommand(name: "verify") { ["verify", $0, "--manifest", $1 + "/vm.manifest.json"] },
+        ImageCommand(name: "rotate") { ["rotate", $0, "--passphrase-file", $1 + "/vm.passphrase"] },
+        ImageCommand(name: "reencrypt") { ["reencrypt", $0, "--passphrase-file", $1 + "/vm.passphrase"] },
+        ImageCommand(name: "keys list") { image, _ in ["keys", "list", image] },
+    ]
+
+    /// Zero-length, truncated and non-QCOW2 images: exit 2 with what is wrong, and the file untouched.
+    @Test func brokenImagesAreRefusedByEveryCommand() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        let good = try Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.qcow2")))
+        let broken: [(String, Data, String)] = [
+            ("zero.qcow2", Data(), "(0 bytes)|too short for a QCOW2 header"),
+            ("truncated.qcow2", good.prefix(100_000), "its L1 table is damaged or truncated"),
+            ("raw.qcow2", Data((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* 31 >> 3) }), "not a QCOW2 file"),
+        ]
+        for (name, bytes, reason) in broken {
+            let path = scratch.file(name)
+            try bytes.write(to: URL(fileURLWithPath: path))
+            for command in Self.imageCommands {
+                let before = entries(of: scratch.path)
+                let result = try sevimage(command.arguments(path, scratch.path))
+                let label = "\(command.name) \(name)"
+                #expect(result.status == 2, "\(label): \(result)")
+                #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.hasPrefix("sevimage: error: "), "\(label): \(result.stderr)")
+                #expect(result.stderr.contains(name) && reason.split(separator: "|").contains { result.stderr.contains($0) }, "\(label): \(result.stderr)")
+                #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == bytes, "\(label) changed the file")
+                #expect(entries(of: scratch.path) == before, "\(label) left files")
+            }
+        }
+    }
+
+    /// One flipped byte in one LUKS2 binary header: libcryptsetup reads the other copy, `keys list` works and
+    /// `rotate` writes both copies anew. In both: refused with exit 2 and the image untouched. `verify`
+    /// reports the changed image against its manifest (exit 4).
+    @Test func corruptedLUKSHeaders() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
+        let luksOffset = manifest.partitions[1].firstLBA * 512
+        // The label field (offset 24) of each binary header: zero in our images, covered by the header checksum.
+        let primary = luksOffset + 24, secondary = luksOffset + 16384 + 24
+        for (label, offsets) in [("primary", [primary]), ("secondary", [secondary]), ("both", [primary, secondary])] {
+            let dir = scratch.file(label)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            let image = dir + "/vm.qcow2"
+            for name in ["vm.qcow2", "vm.manifest.json", "vm.passphrase"] {
+                try FileManager.default.copyItem(atPath: scratch.file(name), toPath: dir + "/" + name)
+            }
+            for offset in offsets { try runChecked("qemu-io", ["-f", "qcow2", "-c", "write -P 0xff \(offset) 1", image]) }
+            let damaged = try Crypto.hashFile(image)
+            let list = try sevimage(["keys", "list", image])
+            let verify = try sevimage(["verify", image])
+            #expect(verify.status == ExitStatus.verificationFailed.rawValue && verify.stderr.contains("image sha256"), "\(label): \(verify)")
+            let rotate = try sevimage(["rotate", image, "--passphrase-file", dir + "/vm.passphrase", "--quiet"])
+            if label == "both" {
+                for result in [list, rotate] {
+                    #expect(result.status == 2, "\(label): \(result)")
+                    #expect(result.stderr == "sevimage: error: \(image) holds no readable LUKS2 header (not a sevimage image, or its header is damaged)\n",
+                            "\(label): \(result.stderr)")
+                }
+                #expect(try Crypto.hashFile(image) == damaged)
+                #expect(entries(of: dir) == ["vm.manifest.json", "vm.passphrase", "vm.qcow2"])
+            } else {
+                #expect(list.status == 0 && list.stderr.contains("generated"), "\(label): \(list)")
+                #expect(rotate.status == 0, "\(label): \(rotate)")
+                let opened = try OpenedImage(image: image)
+                #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", dir + "/vm.passphrase", opened.luksPartition]).status == 0)
+                // Both copies are whole again: cryptsetup finds nothing to repair and the labels are zero.
+                let raw = try FileHandle(forReadingFrom: URL(fileURLWithPath: opened.luksPartition))
+                for offset: UInt64 in [24, 16384 + 24] {
+                    try raw.seek(toOffset: offset)
+                    #expect(try raw.read(upToCount: 1) == Data([0]), "\(label): header at \(offset - 24) still damaged")
+                }
+                try raw.close()
+            }
+        }
+    }
+
+    /// A manifest that does not describe the image: verify fails with exit 4 and names the first mismatch.
+    @Test func manifestOfAnotherImageFailsVerify() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        for name in ["a", "b"] {
+            let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("\(name).qcow2"), "--size", "128M", "--quiet"])
+            try #require(created.status == 0, "\(created)")
+        }
+        let result = try sevimage(["verify", scratch.file("a.qcow2"), "--manifest", scratch.file("b.manifest.json")])
+        #expect(result.status == ExitStatus.verificationFailed.rawValue, "\(result)")
+        #expect(result.stderr.split(separator: "\n").last?.hasPrefix("sevimage: error: ") == true && result.stderr.contains("checks failed"), "\(result.stderr)")
+        let truncated = scratch.file("truncated.manifest.json")
+        try Data(contentsOf: URL(fileURLWithPath: scratch.file("a.manifest.json"))).prefix(200).write(to: URL(fileURLWithPath: truncated))
+        let bad = try sevimage(["verify", scratch.file("a.qcow2"), "--manifest", truncated])
+        #expect(bad.status == 2 && bad.stderr.split(separator: "\n").count == 1 && bad.stderr.contains("truncated.manifest.json"), "\(bad)")
+    }
+}

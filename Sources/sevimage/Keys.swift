@@ -29,8 +29,11 @@ struct KeysList: ParsableCommand {
         if json { return try printJSON(listing) }
         var lines = ["\(image): LUKS2 \(listing.luksUUID)", "slot  pbkdf   hash    iterations  priority  role"]
         for slot in listing.keyslots {
-            lines.append(String(format: "%4d  %-6@  %-6@  %10u  %-8@  %@", slot.slot, slot.pbkdf, slot.hash, slot.iterations,
-                                slot.priority, slot.role ?? "-"))
+            func column(_ text: String, _ width: Int) -> String { text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0) }
+            let iterations = String(slot.iterations)
+            lines.append(String(repeating: " ", count: max(0, 4 - String(slot.slot).count)) + "\(slot.slot)  " + column(slot.pbkdf, 6) + "  "
+                         + column(slot.hash, 6) + "  " + String(repeating: " ", count: max(0, 10 - iterations.count)) + iterations + "  "
+                         + column(slot.priority, 8) + "  " + (slot.role ?? "-"))
         }
         Console.write(lines.joined(separator: "\n") + "\n")
     }

@@ -1,32 +1,16 @@
 import Foundation
 
-/// Fault injection for the crash-safety tests: with `SEVIMAGE_TEST_CRASH_AFTER=N` in the environment,
-/// the process kills itself with SIGKILL right after its N-th durable write step (an fsync'ed write,
-/// rename or unlink). Without the variable, `durable()` only counts.
+/// Fault injection for the crash-safety tests of the key operations: with `SEVIMAGE_TEST_CRASH_AFTER=N`
+/// (or `SEVIMAGE_FAULT_AFTER=N`) in the environment, the process kills itself with SIGKILL right after its
+/// N-th step (a durable write, rename or unlink here, or a publish in `OutputFiles`). One mechanism for
+/// every command: this counts through `FaultInjection` (Support/FaultInjection.swift), which also stops at
+/// a step by name (`SEVIMAGE_FAULT=name[:signal]`).
 public enum CrashPoint {
-    private static let state = CrashState(limit: ProcessInfo.processInfo.environment["SEVIMAGE_TEST_CRASH_AFTER"].flatMap { Int($0) })
-
     /// Marks one durable step done; dies here if the test asked for it.
     public static func durable(_ what: String) {
-        let count = state.next()
-        if let limit = state.limit, count == limit {
-            if ProcessInfo.processInfo.environment["SEVIMAGE_TEST_CRASH_VERBOSE"] != nil {
-                Console.write("sevimage: test crash after step \(count): \(what)\n")
-            }
-            kill(getpid(), SIGKILL)
-            _exit(137)
-        }
+        FaultInjection.checkpoint(what)
     }
 
-    /// How many durable steps this process has taken.
-    public static var count: Int { state.current }
-}
-
-private final class CrashState: @unchecked Sendable {
-    let limit: Int?
-    private let lock = NSLock()
-    private var counter = 0
-    init(limit: Int?) { self.limit = limit }
-    func next() -> Int { lock.withLock { counter += 1; return counter } }
-    var current: Int { lock.withLock { counter } }
+    /// How many steps this process has taken.
+    public static var count: Int { FaultInjection.count }
 }

@@ -98,6 +98,12 @@ public struct KeyRotation {
             if ImagePaths.exists(paths.newPassphrase) {
                 throw KeysError.pending(paths.newPassphrase, "exists but no rotation is pending; move it away and run again")
             }
+            if area.role(ofSlot: openedSlot) == "recovery" {
+                throw GeneralError.invalidArgument("the passphrase given opens recovery keyslot \(openedSlot) of \(request.image); rotate replaces the SEV passphrase's keyslot: give that passphrase (\(paths.passphrase)), and change recovery passphrases with sevimage keys add and keys remove")
+            }
+            if let given = request.newPassphrase, try workspace.keyslot(opening: given) != nil {
+                throw KeysError.samePassphrase(request.image)
+            }
             let info = workspace.device.keyslots.first { $0.slot == openedSlot }
             state = RotationState(oldKeyslots: [openedSlot], role: area.role(ofSlot: openedSlot) ?? "generated",
                                   iterations: max(info?.iterations ?? LUKSLayout.minimumPBKDF2Iterations, LUKSLayout.minimumPBKDF2Iterations),
@@ -110,6 +116,7 @@ public struct KeyRotation {
 
         // 2. The new passphrase, on disk before any keyslot holds it.
         let newPassphrase: Passphrase
+        var fresh = false
         if ImagePaths.exists(paths.newPassphrase) {
             newPassphrase = try Passphrase.read(from: paths.newPassphrase)
         } else if resumed, ImagePaths.exists(paths.passphrase), let current = try? Passphrase.read(from: paths.passphrase),
@@ -120,6 +127,7 @@ public struct KeyRotation {
             try newPassphrase.write(toNewFile: paths.newPassphrase)
             try OutputFiles.syncDirectory(of: paths.newPassphrase)
             CrashPoint.durable("new passphrase written")
+            fresh = request.newPassphrase == nil
         }
         if let given = request.newPassphrase, !given.matches(newPassphrase) {
             throw KeysError.pending(request.image, "an interrupted rotation to another passphrase (\(paths.newPassphrase)) is pending; run again without --new-passphrase-file to finish it")
@@ -127,7 +135,8 @@ public struct KeyRotation {
 
         // 3. Its keyslot.
         let newSlot: Int
-        if let slot = try workspace.keyslot(opening: newPassphrase) {
+        // A passphrase generated just now opens nothing yet: no need to run every keyslot's KDF to find out.
+        if !fresh, let slot = try workspace.keyslot(opening: newPassphrase) {
             if state.oldKeyslots.contains(slot) { throw KeysError.samePassphrase(request.image) }
             newSlot = slot
         } else {

@@ -41,7 +41,7 @@ public enum KeysError: SEVImageError {
         case .passphraseOpensOnlyRemovedSlot(let path, let slot):
             "the passphrase given opens keyslot \(slot) of \(path), the one to remove: give a passphrase of a keyslot that stays"
         case .samePassphrase(let path):
-            "the new passphrase for \(path) is the same as the old one"
+            "the new passphrase already opens a keyslot of \(path); choose another"
         case .noFreeKeyslot(let path):
             "\(path) has no free keyslot left; remove one with sevimage keys remove first"
         }

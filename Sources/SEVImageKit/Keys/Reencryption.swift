@@ -83,15 +83,16 @@ public struct Reencryption {
             try OutputFiles.syncDirectory(of: work)
         }
 
+        if ready == nil, ImagePaths.exists(paths.journal) {
+            // Finish the header write an interrupted key operation journaled, then re-encrypt what it left.
+            try HeaderJournal.replayIfPending(area: try ImageHeaderArea(image: request.image, writable: true), paths: paths)
+        }
         let area = try ImageHeaderArea(image: request.image, writable: false)
         let workspace = try area.workspace()
         let currentHeaderSHA = hex(Crypto.sha256(workspace.original))
         let committed = ready.map { $0.headerSHA256 == currentHeaderSHA } ?? false
 
         if ready == nil {
-            if ImagePaths.exists(paths.journal) {
-                throw KeysError.pending(request.image, "a header write of an interrupted key operation is pending; run sevimage keys list \(request.image) first")
-            }
             let (oldKey, _) = try workspace.unlock(request.passphrase)
             ready = try build(area: area, workspace: workspace, oldKey: oldKey, work: work, paths: paths)
         } else {
@@ -109,12 +110,13 @@ public struct Reencryption {
         let newPassphrase = try Passphrase.read(from: work + "/passphrase")
 
         // Publish: new passphrase beside the old one, then the image (commit), then the passphrase and the manifest.
+        var newLock: ImageLock?
+        defer { withExtendedLifetime(newLock) {} }
         if !committed {
             try DurableFile.replace(paths.newPassphrase, with: newPassphrase)
             CrashPoint.durable("new passphrase published as .new")
             // Lock the new file before it takes the image's name: another sevimage then finds it held.
-            let newLock = try ImageLock(image: work + "/image.qcow2")
-            defer { withExtendedLifetime(newLock) {} }
+            newLock = try ImageLock(image: work + "/image.qcow2")
             guard rename(work + "/image.qcow2", request.image) == 0 else {
                 throw GeneralError.io("move the re-encrypted image to", path: request.image, errno: errno)
             }
@@ -161,6 +163,17 @@ public struct Reencryption {
         guard mkdir(work, 0o700) == 0 else { throw GeneralError.io("create", path: work, errno: errno) }
         Cleanup.shared.register(work)
         defer { Cleanup.shared.unregister(work) }
+        do {
+            return try buildInside(area: area, workspace: workspace, oldKey: oldKey, work: work, paths: paths)
+        } catch {
+            // Nothing was published: the work directory is all there is to undo.
+            try? FileManager.default.removeItem(atPath: work)
+            throw error
+        }
+    }
+
+    private func buildInside(area: ImageHeaderArea, workspace: HeaderWorkspace, oldKey: SecretBytes, work: String,
+                             paths: ImagePaths) throws -> ReencryptReady {
         let old = workspace.device
         guard old.cipher == "aes-xts-plain64", old.sectorSize == Int(LUKSLayout.sectorSize), old.dataOffset == LUKSLayout.headerSize else {
             throw GeneralError.invalidArgument("\(request.image): reencrypt handles sevimage's LUKS2 layout (aes-xts-plain64, 4096-byte sectors, 16 MiB header), not \(old.cipher) with \(old.sectorSize)-byte sectors at \(old.dataOffset)")
@@ -170,7 +183,7 @@ public struct Reencryption {
         let iterations = max(oldSlots.first { $0.slot == openedSlot }?.iterations ?? LUKSLayout.minimumPBKDF2Iterations,
                              LUKSLayout.minimumPBKDF2Iterations)
         let newPassphrase = try request.newPassphrase ?? Passphrase.generate()
-        if try workspace.keyslot(opening: newPassphrase) != nil { throw KeysError.samePassphrase(request.image) }
+        if request.newPassphrase != nil, try workspace.keyslot(opening: newPassphrase) != nil { throw KeysError.samePassphrase(request.image) }
         try newPassphrase.write(toNewFile: work + "/passphrase")
         try Data(workspace.original).write(to: URL(fileURLWithPath: work + "/old-header.luks"))
 
@@ -211,6 +224,12 @@ public struct Reencryption {
         try ExternalTool.qemuImg.run(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", rawPath, qcowPath])
         unlink(rawPath)
         unlink(headerPath)
+        // The new file takes the original's mode and, where allowed, its owner (a VM manager may own the image).
+        var original = stat()
+        if stat(request.image, &original) == 0 {
+            chmod(qcowPath, original.st_mode & 0o7777)
+            _ = chown(qcowPath, original.st_uid, original.st_gid)
+        }
         let qcowFile = try RawFile(path: qcowPath, writable: false)
         try qcowFile.sync()
         // The header area must come through whole and allocated, so that later rotations can rewrite it in place.

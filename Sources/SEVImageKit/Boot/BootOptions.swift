@@ -59,8 +59,8 @@ public struct BootReport: Sendable, Codable, Equatable {
     public var kvmFallbackReason: String?
     /// Seconds from QEMU's start (of the run that succeeded) to GRUB's prompt, if GRUB asked.
     public var passphrasePromptSeconds: Double?
-    /// Seconds from QEMU's start (of the run that succeeded) to the expected text.
-    public var expectedTextSeconds: Double
+    /// Seconds from QEMU's start (of the run that succeeded) to the expected text (nil: `--expect ''` and a clean power-off).
+    public var expectedTextSeconds: Double?
     public var expectedText: String
     public var snapshot: Bool
 }

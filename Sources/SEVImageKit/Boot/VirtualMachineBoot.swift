@@ -200,6 +200,12 @@ public enum VirtualMachineBoot {
             return .kvmFailed(run.kvmFailure ?? "qemu exited with status \(status): \(run.lastMessage)")
         }
         if status != 0 { throw BootError.qemuFailed(status: status, detail: run.lastMessage) }
+        // With no text to wait for (`--expect ''`), a clean power-off after the passphrase was typed is the success.
+        if options.expectedText.isEmpty, let prompt = run.promptSeconds, exitedByItself {
+            return .booted(BootReport(image: options.image, accelerator: accelerator, kvmFallbackReason: nil,
+                                      passphrasePromptSeconds: prompt, expectedTextSeconds: nil,
+                                      expectedText: "", snapshot: !options.writable))
+        }
         throw BootError.poweredOffWithoutExpectedText(options.expectedText)
     }
 }

@@ -102,8 +102,10 @@ public struct ImageBuilder {
         if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUIDText) }
         progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
         let ext4Path = scratch.file("root.ext4")
-        try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
-            .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: commands)
+        try TreePrefetch.during(directory: tree.directory) {  // the tree's files read into the page cache ahead of mke2fs
+            try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
+                .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: commands)
+        }
         FaultInjection.checkpoint("ext4 built")
 
         // 2. The raw disk with its GPT.
@@ -153,23 +155,27 @@ public struct ImageBuilder {
         try header.copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
         FaultInjection.checkpoint("luks header written")
 
-        // 5. The root's data, encrypted: what ext4 uses, or the whole partition with wipe_free_space.
+        // 5. The QCOW2, written directly (QCOW2Writer): clusters for the GPT, the ESP and the LUKS header (what
+        // the small raw disk holds, zero clusters left out) and for the root's data, encrypted straight into
+        // place: what ext4 uses, or the whole partition with wipe_free_space. No raw disk pass, no conversion.
         let plaintext = try RawFile(path: ext4Path, writable: false)
         let regions = profile.wipeFreeSpace ? [0..<ext4Size] : try usedRegions(of: plaintext)
         let total = DataEncryption.totalBytes(regions)
-        progress.step("encrypting \(formatSize(total)) of the root filesystem")
-        try DataEncryption.run(source: plaintext, regions: regions, key: volumeKey, target: disk,
-                               targetOffset: layout.rootOffset + LUKSLayout.headerSize,
+        let dataStart = layout.rootOffset + LUKSLayout.headerSize
+        let headerArea = layout.rootOffset..<dataStart
+        let outside = try QCOW2Writer.nonZeroRanges(of: disk, excluding: headerArea)
+        let qcowPath = scratch.file("image.qcow2")
+        let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize,
+                                   allocated: outside + [headerArea] + QCOW2Writer.sectorRanges(regions, limit: ext4Size, offset: dataStart))
+        try qcow.copy(from: disk, ranges: outside + [headerArea])
+        progress.step("encrypting \(formatSize(total)) of the root filesystem into the QCOW2")
+        try DataEncryption.run(source: plaintext, regions: regions, key: volumeKey, target: qcow, targetOffset: dataStart,
                                progress: progress.meter("encrypting", total: total))
-        try disk.sync()
         FaultInjection.checkpoint("root encrypted")
 
-        // 6. QCOW2: qemu-img leaves holes and zero runs unallocated.
-        progress.step("converting to QCOW2")
-        let qcowPath = scratch.file("image.qcow2")
-        try ExternalTool.qemuImg.run(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", rawPath, qcowPath])
-        let imageSHA = hex(try Crypto.hashFile(qcowPath))
-        let imageBytes = try RawFile(path: qcowPath, writable: false).size
+        // 6. Its SHA-256 for the manifest, read back from the page cache while the file is flushed to disk.
+        let imageSHA = hex(try qcow.hashWhileSyncing())
+        let imageBytes = qcow.fileSize
         FaultInjection.checkpoint("qcow2 converted")
 
         // 7. Manifest and passphrase, then publish.

@@ -13,7 +13,7 @@ public enum DataEncryption {
     ///   - regions: byte ranges of `source` to encrypt (rounded out to whole sectors here).
     ///   - targetOffset: where the data segment starts in `target` (partition offset + LUKS header).
     ///   - encrypt: false decrypts instead (the same walk, for reading a volume back).
-    public static func run(source: RawFile, regions: [Range<UInt64>], key: SecretBytes, target: RawFile,
+    public static func run(source: RawFile, regions: [Range<UInt64>], key: SecretBytes, target: some PositionalWriter,
                            targetOffset: UInt64, encrypt: Bool = true, progress: (@Sendable (UInt64) -> Void)? = nil) throws {
         let sector = UInt64(LUKSLayout.sectorSize)
         let sourceSize = source.size

@@ -1,0 +1,222 @@
+#!/bin/bash
+# Benchmark: `sevimage create` against the offline pipeline that `systemd-repart --offline` and mkosi use.
+#
+#   benchmarks/create-vs-pipeline.sh [--data "256M 1G"] [--disks "8G 16G"] [--workdir DIR]
+#                                    [--sevimage PATH] [--keep] [--no-drop-caches]
+#
+# For every data size it generates a root tree (a realistic mix of many small files and a few large
+# ones, incompressible bytes from /dev/urandom, plus the demo tree's /boot so that create accepts it),
+# then for every disk size it builds one image with each of:
+#
+#   (a) sevimage create --rootfs TREE --output OUT.qcow2 --size DISK --passphrase-file K   (release build)
+#       the whole image: GPT, ESP with GRUB, LUKS2 root, manifest, fsync'ed and published.
+#   (b) the offline pipeline, on the root partition only (no GPT, no ESP, no GRUB: the issue's baseline):
+#         truncate -s PART root.img
+#         mkfs.ext4 -q -F -b 4096 -d TREE root.img (PART - 32M)   (-b: the size mke2fs picks anyway above 512M)
+#         cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M --pbkdf pbkdf2
+#             --pbkdf-force-iterations 1000 --sector-size 4096 --cipher aes-xts-plain64 --key-size 512
+#             --batch-mode --key-file K root.img
+#         qemu-img convert -f raw -O qcow2 root.img root.qcow2
+#         sync root.qcow2          (sevimage fsyncs its outputs; so does the pipeline here, timed)
+#       PART is the size of the root partition that sevimage gives the same disk.
+#
+# The page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches, needs root) before each build.
+# Printed per build: wall time, output size (file length and blocks on disk), peak memory (GNU time's
+# "Maximum resident set size": for sevimage the largest of it and its children; for the pipeline the
+# largest of its steps); then the ratios and the issue's goals:
+#   time(sevimage) <= 0.1 x time(pipeline) on 1 GiB in 8 GiB; QCOW2 <= 1.15 x data;
+#   16G/8G changes time and size by < 10%; peak memory < 256 MiB.
+#
+# Needs: swift (or --sevimage), mkfs.ext4 (e2fsprogs), cryptsetup, qemu-img (qemu-utils), GNU time
+# (package `time`), python3, and the demo tree (scripts/demo-rootfs.sh, built on first use).
+# Disk space: the pipeline writes whole partitions: about 2 x the largest disk size in --workdir.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+data_sizes="256M 1G"
+disk_sizes="8G 16G"
+workdir="$here/.cache/benchmark"
+sevimage=""
+keep=0
+drop=1
+
+usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --data) data_sizes=$2; shift 2 ;;
+        --disks) disk_sizes=$2; shift 2 ;;
+        --workdir) workdir=$2; shift 2 ;;
+        --sevimage) sevimage=$2; shift 2 ;;
+        --keep) keep=1; shift ;;
+        --no-drop-caches) drop=0; shift ;;
+        -h|--help) usage ;;
+        *) echo "create-vs-pipeline: unknown argument $1" >&2; usage ;;
+    esac
+done
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+for tool in mkfs.ext4 cryptsetup qemu-img python3 truncate; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+done
+[ -x /usr/bin/time ] && /usr/bin/time -v true 2>&1 | grep -q "Maximum resident" \
+    || die "GNU time is not installed (apt-get install time)"
+
+# Sizes with K/M/G suffixes (powers of 1024) to bytes.
+bytes() {
+    local value=${1%[KkMmGgTt]} unit=${1: -1}
+    case "$unit" in
+        K|k) echo $((value << 10)) ;; M|m) echo $((value << 20)) ;;
+        G|g) echo $((value << 30)) ;; T|t) echo $((value << 40)) ;;
+        *) echo "$1" ;;
+    esac
+}
+
+if [ -z "$sevimage" ]; then
+    say "building sevimage (release)"
+    (cd "$here" && swift build -c release --product sevimage >&2)
+    sevimage="$(cd "$here" && swift build -c release --show-bin-path)/sevimage"
+fi
+[ -x "$sevimage" ] || die "no sevimage executable at $sevimage"
+demo=$("$here/scripts/demo-rootfs.sh")
+
+mkdir -p "$workdir"
+workdir=$(cd "$workdir" && pwd)
+cleanup() { [ "$keep" = 1 ] || rm -rf "$workdir/run"; }
+trap cleanup EXIT
+rm -rf "$workdir/run"
+mkdir -p "$workdir/run"
+key=$workdir/run/key
+(umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32), end="")' > "$key")
+
+if [ "$drop" = 1 ] && ! { sync && echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
+    say "cannot drop the page cache (needs root); timings include a warm cache"
+    drop=0
+fi
+drop_caches() { sync; [ "$drop" = 0 ] || echo 3 > /proc/sys/vm/drop_caches; }
+
+# A root tree of about $2 bytes of file data at $1: a quarter in many small files (0.5-64 KiB), a
+# quarter in medium ones (256 KiB-4 MiB), half in large ones (16-64 MiB); fixed sizes (seeded), random bytes.
+make_tree() {
+    python3 - "$1" "$2" <<'EOF'
+import os, random, sys
+root, total = sys.argv[1], int(sys.argv[2])
+rng = random.Random(6)
+classes = [(0.25, 512, 64 << 10, "usr/share/small"), (0.25, 256 << 10, 4 << 20, "usr/lib/medium"),
+           (0.50, 16 << 20, 64 << 20, "var/lib/large")]
+count = 0
+for share, low, high, folder in classes:
+    budget = int(total * share)
+    index = 0
+    while budget > 0:
+        size = min(budget, int(low * (high / low) ** rng.random()))
+        directory = os.path.join(root, folder, "d%03d" % (index // 100))
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "f%05d" % index), "wb") as f:
+            left = size
+            while left > 0:
+                piece = min(left, 4 << 20)
+                f.write(os.urandom(piece))
+                left -= piece
+        budget -= size
+        index += 1
+    count += index
+print(count)
+EOF
+}
+
+# Runs a command under GNU time; appends "seconds maxrss_kib" to $record. Output of the command goes to $log.
+timed() {
+    local record=$1 log=$2; shift 2
+    local start end
+    start=$(date +%s.%N)
+    /usr/bin/time -v -o "$log.time" "$@" >>"$log" 2>&1 || { cat "$log" >&2; die "failed: $*"; }
+    end=$(date +%s.%N)
+    printf '%s %s\n' "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')" \
+        "$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$log.time")" >> "$record"
+}
+
+results=$workdir/results.tsv
+printf 'data\tdisk\tbuilder\tseconds\tbytes\tallocated\tpeak_kib\tdata_bytes\n' > "$results"
+
+for data in $data_sizes; do
+    tree=$workdir/run/tree-$data
+    say "generating a $data root tree"
+    mkdir -p "$tree"
+    files=$(make_tree "$tree" "$(bytes "$data")")
+    cp -a "$demo/boot" "$tree/"
+    data_bytes=$(find "$tree" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+    say "tree: $files files + /boot, $data_bytes bytes"
+    for disk in $disk_sizes; do
+        out=$workdir/run/$data-$disk
+        mkdir -p "$out"
+
+        # (a) sevimage create
+        drop_caches
+        say "sevimage create: $data in $disk"
+        : > "$out/sevimage.record"
+        timed "$out/sevimage.record" "$out/sevimage.log" "$sevimage" create --rootfs "$tree" \
+            --output "$out/sevimage.qcow2" --size "$disk" --passphrase-file "$key" --json
+        read -r s_sec s_kib < "$out/sevimage.record"
+        s_bytes=$(stat -c %s "$out/sevimage.qcow2")
+        s_alloc=$(( $(stat -c %b "$out/sevimage.qcow2") * 512 ))
+        printf '%s\t%s\tsevimage\t%s\t%s\t%s\t%s\t%s\n' "$data" "$disk" "$s_sec" "$s_bytes" "$s_alloc" "$s_kib" "$data_bytes" >> "$results"
+        # The root partition sevimage made for this disk, in bytes.
+        part=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); p=[p for p in m["partitions"] if p["role"]=="root"][0]; print((p["lastLBA"]-p["firstLBA"]+1)*512)' "$out/sevimage.manifest.json")
+        rm -f "$out/sevimage.qcow2"
+
+        # (b) the offline pipeline
+        drop_caches
+        say "pipeline: $data in $disk (root partition $part bytes)"
+        : > "$out/pipeline.record"
+        truncate -s "$part" "$out/root.img"
+        timed "$out/pipeline.record" "$out/pipeline.log" mkfs.ext4 -q -F -b 4096 -d "$tree" "$out/root.img" "$(( (part - (32 << 20)) >> 10 ))k"
+        timed "$out/pipeline.record" "$out/pipeline.log" cryptsetup reencrypt --encrypt --type luks2 \
+            --reduce-device-size 32M --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --sector-size 4096 \
+            --cipher aes-xts-plain64 --key-size 512 --batch-mode --key-file "$key" "$out/root.img"
+        timed "$out/pipeline.record" "$out/pipeline.log" qemu-img convert -f raw -O qcow2 "$out/root.img" "$out/pipeline.qcow2"
+        timed "$out/pipeline.record" "$out/pipeline.log" sync "$out/pipeline.qcow2"
+        read -r p_sec p_kib < <(awk '{ s += $1; if ($2 > m) m = $2 } END { print s, m }' "$out/pipeline.record")
+        p_bytes=$(stat -c %s "$out/pipeline.qcow2")
+        p_alloc=$(( $(stat -c %b "$out/pipeline.qcow2") * 512 ))
+        printf '%s\t%s\tpipeline\t%s\t%s\t%s\t%s\t%s\n' "$data" "$disk" "$p_sec" "$p_bytes" "$p_alloc" "$p_kib" "$data_bytes" >> "$results"
+        rm -f "$out/root.img" "$out/pipeline.qcow2"
+    done
+    [ "$keep" = 1 ] || rm -rf "$tree"
+done
+
+# The report.
+python3 - "$results" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+def mib(n): return "%.1f MiB" % (int(n) / 2**20)
+print("%-6s %-5s %-9s %9s %12s %12s %11s %9s" % ("data", "disk", "builder", "seconds", "file", "on disk", "peak RSS", "size/data"))
+for r in rows:
+    print("%-6s %-5s %-9s %9.2f %12s %12s %11s %8.3fx" % (r["data"], r["disk"], r["builder"], float(r["seconds"]),
+          mib(r["bytes"]), mib(r["allocated"]), mib(int(r["peak_kib"]) * 1024), int(r["bytes"]) / int(r["data_bytes"])))
+print()
+by = {(r["data"], r["disk"], r["builder"]): r for r in rows}
+datas = list(dict.fromkeys(r["data"] for r in rows)); disks = list(dict.fromkeys(r["disk"] for r in rows))
+verdicts = []
+for d in datas:
+    for k in disks:
+        s, p = by.get((d, k, "sevimage")), by.get((d, k, "pipeline"))
+        if s and p:
+            ratio = float(s["seconds"]) / float(p["seconds"])
+            print("%s in %s: time sevimage/pipeline %.3f  size sevimage/pipeline %.4f" % (d, k, ratio, int(s["bytes"]) / int(p["bytes"])))
+            if d == "1G" and k == "8G": verdicts.append(("time <= 0.1x pipeline (1G in 8G)", ratio <= 0.1))
+    for b in ("sevimage", "pipeline"):
+        if len(disks) >= 2:
+            a, z = by.get((d, disks[0], b)), by.get((d, disks[-1], b))
+            if a and z:
+                t, n = float(z["seconds"]) / float(a["seconds"]), int(z["bytes"]) / int(a["bytes"])
+                print("%s %s: %s/%s time %.3f  size %.4f" % (b, d, disks[-1], disks[0], t, n))
+                if b == "sevimage": verdicts.append(("%s: doubling the disk changes time and size < 10%%" % d, abs(t - 1) < 0.1 and abs(n - 1) < 0.1))
+sev = [r for r in rows if r["builder"] == "sevimage"]
+verdicts.append(("QCOW2 <= 1.15x data", all(int(r["bytes"]) <= 1.15 * int(r["data_bytes"]) for r in sev)))
+verdicts.append(("peak memory < 256 MiB", all(int(r["peak_kib"]) < 256 * 1024 for r in sev)))
+print()
+for name, ok in verdicts: print("%-55s %s" % (name, "met" if ok else "NOT MET"))
+EOF
+say "raw figures: $results"

@@ -60,12 +60,14 @@ if [ ! -f "$tree/.complete" ]; then
     touch "$tree/.complete"
 fi
 
+calc() { python3 -c "print(round($1, 3))"; }
+
 image="$workdir/bench.qcow2"
 rm -f "$workdir"/bench.*
 echo "creating a $disk image holding $data of data ..." >&2
 start=$(date +%s.%N)
 "$sevimage" create --rootfs "$tree" --output "$image" --size "$disk" --quiet
-echo "create: $(echo "$(date +%s.%N) - $start" | bc) s, image $(du -h --apparent-size "$image" | cut -f1)" >&2
+echo "create: $(calc "$(date +%s.%N) - $start") s, image $(du -h --apparent-size "$image" | cut -f1)" >&2
 
 drop_caches() {
     sync
@@ -78,7 +80,7 @@ timed() {  # prints wall seconds of "$@" (stdout of the command goes to $workdir
     s=$(date +%s.%N)
     "$@" > "$workdir/last.json"
     e=$(date +%s.%N)
-    echo "$e - $s" | bc
+    calc "$e - $s"
 }
 
 iterations=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["luks"]["keyslots"][0]["iterations"])' "$workdir/bench.manifest.json")
@@ -92,7 +94,7 @@ PY
 fast=$(timed "$sevimage" rotate "$image" --passphrase-file "$workdir/bench.passphrase" --no-rehash --json)
 full=$(timed "$sevimage" rotate "$image" --passphrase-file "$workdir/bench.passphrase" --json)
 hash=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["hashSeconds"])' "$workdir/last.json")
-target=$(echo "2 + 4 * $kdf" | bc -l)  # PBKDF2 runs about four times: unlock with the old passphrase, probe and add the new, unlock again
+target=$(calc "2 + 4 * $kdf")  # PBKDF2 runs about four times: unlock with the old passphrase, probe and add the new, unlock again
 
 printf '\n%-44s %10s\n' "image: $disk virtual, $data of data" "seconds"
 printf '%-44s %10.3f\n' "PBKDF2-SHA256 $iterations iterations (one KDF)" "$kdf"
@@ -100,8 +102,8 @@ printf '%-44s %10.3f\n' "rotate --no-rehash (header work only)" "$fast"
 printf '%-44s %10.3f\n' "rotate (with the manifest's image hash)" "$full"
 printf '%-44s %10s\n' "  of which hashing the image" "$hash"
 printf '%-44s %10.3f\n' "target: 2 s + KDF time" "$target"
-if [ "$(echo "$fast < $target" | bc)" -eq 1 ]; then echo "rotate --no-rehash: within the target"; else echo "rotate --no-rehash: OVER the target"; fi
-if [ "$(echo "$full < $target" | bc)" -eq 1 ]; then echo "rotate: within the target"; else echo "rotate: over the target (hashing the image for the manifest reads all the data)"; fi
+if python3 -c "import sys; sys.exit(0 if $fast < $target else 1)"; then echo "rotate --no-rehash: within the target"; else echo "rotate --no-rehash: OVER the target"; fi
+if python3 -c "import sys; sys.exit(0 if $full < $target else 1)"; then echo "rotate: within the target"; else echo "rotate: over the target (hashing the image for the manifest reads all the data)"; fi
 
 if [ "$reencrypt" -eq 1 ]; then
     re=$(timed "$sevimage" reencrypt "$image" --passphrase-file "$workdir/bench.passphrase" --json)

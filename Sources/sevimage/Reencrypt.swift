@@ -8,8 +8,8 @@ struct Reencrypt: ParsableCommand {
         abstract: "Re-encrypt an image under a new volume key and a new passphrase.",
         discussion: """
             For an image whose volume key may have leaked, or a clone of a golden image (clones share the volume \
-            key). Builds the re-encrypted image beside the original (IMAGE.sevimage-reencrypt/, about as much space \
-            as the data needs twice), then puts it in place atomically and writes IMAGE.passphrase anew and the \
+            key). Writes the re-encrypted image beside the original (IMAGE.sevimage-reencrypt/, as much space as \
+            the image takes now), then puts it in place atomically and writes IMAGE.passphrase anew and the \
             manifest. Only allocated clusters are read and re-encrypted, so the time grows with the data and the \
             image stays sparse. Killed before the new image is in place, the original is untouched; after, the new \
             passphrase is in IMAGE.passphrase.new. Running the same command again finishes or restarts the work. \

@@ -43,8 +43,8 @@ struct ReencryptReady: Codable {
 /// Re-encrypts an image under a new volume key and passphrase, writing a new QCOW2 beside it.
 ///
 ///     IMAGE.sevimage-reencrypt/      private work directory (0700)
-///        disk.raw                    sparse raw disk: GPT and ESP copied, new LUKS header, data re-encrypted
-///        image.qcow2                 qemu-img convert of it (holes stay holes)
+///        image.qcow2                 the new image (QCOW2Writer): the original's clusters, GPT and ESP copied,
+///                                    a new LUKS header, the data re-encrypted; holes stay holes
 ///        passphrase, manifest.json   the new passphrase (0600) and manifest
 ///        ready.json                  written last: the new image is complete
 ///
@@ -203,35 +203,30 @@ public struct Reencryption {
         var headerBytes = [UInt8](repeating: 0, count: Int(LUKSLayout.headerSize))
         try headerBytes.withUnsafeMutableBytes { try header.read(into: $0, at: 0) }
 
-        // The raw disk: everything outside the root partition as it is, the new header, the data re-encrypted.
-        let rawPath = work + "/disk.raw"
-        let raw = try RawFile(creating: rawPath, size: area.qcow.virtualSize)
+        // The new QCOW2, written directly: the same clusters allocated as in the original (so it stays exactly as
+        // sparse), everything outside the root partition copied, the new header, the data re-encrypted.
+        let qcowPath = work + "/image.qcow2"
         let allocated = try area.qcow.allocatedRanges()
+        let headerArea = area.rootOffset..<(area.rootOffset + LUKSLayout.headerSize)
+        let output = try QCOW2Writer(creating: qcowPath, virtualSize: area.qcow.virtualSize, allocated: mergeRanges(allocated + [headerArea]))
         let root = area.rootOffset..<(area.rootOffset + area.rootSize)
-        let outside = subtract(allocated, [root])
-        try copy(outside, from: area.qcow, to: raw)
-        try headerBytes.withUnsafeBytes { try raw.write($0, at: area.rootOffset) }
+        try copy(subtract(allocated, [root]), from: area.qcow, to: output)
+        try headerBytes.withUnsafeBytes { try output.write($0, at: area.rootOffset) }
         let dataStart = area.rootOffset + LUKSLayout.headerSize
         let data = intersect(allocated, [dataStart..<root.upperBound])
         let total = DataEncryption.totalBytes(data)
-        progress.step("re-encrypting \(formatSize(total)) of allocated data")
+        progress.step("re-encrypting \(formatSize(total)) of allocated data into a new QCOW2")
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
-                                 target: raw, progress: progress.meter("re-encrypting", total: total))
-        try raw.sync()
-
-        progress.step("writing the new QCOW2")
-        let qcowPath = work + "/image.qcow2"
-        try ExternalTool.qemuImg.run(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", rawPath, qcowPath])
-        unlink(rawPath)
+                                 target: output, progress: progress.meter("re-encrypting", total: total))
+        let imageSHA = hex(try output.hashWhileSyncing())
         unlink(headerPath)
         // The new file takes the original's mode and, where allowed, its owner (a VM manager may own the image).
         var original = stat()
         if stat(request.image, &original) == 0 {
             chmod(qcowPath, original.st_mode & 0o7777)
             _ = chown(qcowPath, original.st_uid, original.st_gid)
+            try OutputFiles.syncDirectory(of: qcowPath)
         }
-        let qcowFile = try RawFile(path: qcowPath, writable: false)
-        try qcowFile.sync()
         // The header area must come through whole and allocated, so that later rotations can rewrite it in place.
         let check = try ImageHeaderArea(image: qcowPath, writable: false)
         guard try check.readHeader() == headerBytes else {
@@ -242,7 +237,7 @@ public struct Reencryption {
         let dropped = oldSlots.map(\.slot).filter { $0 != openedSlot }
         if let manifest = area.manifest {
             var updated = manifest
-            updated.image.sha256 = hex(try Crypto.hashFile(qcowPath))
+            updated.image.sha256 = imageSHA
             let role = manifest.luks.keyslots.first { $0.slot == openedSlot }?.role ?? "generated"
             updated.luks.keyslots = luks.keyslots.map {
                 .init(slot: $0.slot, role: $0.slot == newSlot ? role : "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations)
@@ -261,7 +256,7 @@ public struct Reencryption {
     }
 
     /// Copies guest ranges of the image verbatim into the raw disk.
-    private func copy(_ ranges: [Range<UInt64>], from qcow: QCOW2Image, to raw: RawFile) throws {
+    private func copy(_ ranges: [Range<UInt64>], from qcow: QCOW2Image, to raw: some PositionalWriter) throws {
         let chunk: UInt64 = 1 << 20
         var buffer = [UInt8](repeating: 0, count: Int(chunk))
         for range in ranges {
@@ -279,7 +274,7 @@ public struct Reencryption {
 /// Decrypts sectors with the old volume key and encrypts them with the new one, on all cores.
 enum DataReencryption {
     static func run(image: String, ranges: [Range<UInt64>], dataStart: UInt64, oldKey: SecretBytes, newKey: SecretBytes,
-                    target: RawFile, progress: (@Sendable (UInt64) -> Void)?) throws {
+                    target: some PositionalWriter, progress: (@Sendable (UInt64) -> Void)?) throws {
         let sector = UInt64(LUKSLayout.sectorSize)
         let chunkSize: UInt64 = 1 << 20
         var chunks: [Range<UInt64>] = []

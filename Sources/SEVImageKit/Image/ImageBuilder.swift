@@ -206,13 +206,12 @@ public struct ImageBuilder {
         FaultInjection.checkpoint("manifest written")
 
         // Passphrase first, image last: an image at the output path always has its key and manifest beside it.
-        // Until the image is in place, a failure or a signal removes what was already published.
+        // Until the image is in place, a failure or a signal removes what was already published (and puts back what
+        // --force replaced): the work directory's publish journal does it, also for the next run after a SIGKILL.
         var published: [String] = []
-        defer { for path in published { Cleanup.shared.unregister(path) } }
         func publish(_ temporary: String, as final: String) throws {
             do {
                 try OutputFiles.publish(temporary, as: final, replace: request.force)
-                Cleanup.shared.register(final)
                 published.append(final)
             } catch {
                 for path in published.reversed() { unlink(path) }

@@ -28,6 +28,10 @@ struct CreateTests {
         let manifestText = try String(contentsOfFile: scratch.file("vm.manifest.json"), encoding: .utf8)
         #expect(!result.stdout.contains(passphrase) && !result.stderr.contains(passphrase) && !manifestText.contains(passphrase))
 
+        // The image holds no secret in the clear: readable like any new file (the umask decides), unlike the passphrase.
+        let imageMode = (try FileManager.default.attributesOfItem(atPath: image)[.posixPermissions] as? Int) ?? 0
+        #expect(imageMode & 0o400 != 0 && imageMode & 0o111 == 0)
+
         // QCOW2 container.
         let check = try runChecked("qemu-img", ["check", "--output=json", image])
         #expect(check.stdout.contains("\"check-errors\": 0"))

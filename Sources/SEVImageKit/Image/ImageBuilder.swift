@@ -224,6 +224,10 @@ public struct ImageBuilder {
             try publish(passTemp, as: request.passphrasePath)
         }
         try publish(manifestTemp, as: request.manifestPath)
+        // The image holds no secret in the clear: readable as any new file is (0666 less the umask), like qemu-img's.
+        let mask = umask(0)
+        umask(mask)
+        chmod(qcowPath, 0o666 & ~mask)
         try publish(qcowPath, as: request.output)
         progress.step("wrote \(request.output) (\(formatSize(imageBytes)) on disk, \(formatSize(layout.diskSize)) virtual)")
         return CreateResult(image: request.output, manifest: request.manifestPath,

@@ -54,8 +54,10 @@ public final class QCOW2Image {
         virtualSize = be64(header, 24)
         let l1Size = UInt64(be32(header, 36))
         let l1Offset = be64(header, 40)
-        let needed = (virtualSize + clusterSize * l2Entries - 1) / (clusterSize * l2Entries)
-        guard l1Size >= needed, l1Size <= 32 << 20, l1Offset % clusterSize == 0, l1Offset + l1Size * 8 <= fileSize else {
+        // Without overflow for any header values (found by Fuzz/FuzzQCOW2).
+        let perL1Entry = clusterSize * l2Entries
+        let needed = virtualSize / perL1Entry + (virtualSize % perL1Entry == 0 ? 0 : 1)
+        guard l1Size >= needed, l1Size <= 32 << 20, l1Offset % clusterSize == 0, l1Offset <= fileSize, l1Size * 8 <= fileSize - l1Offset else {
             throw DiskError.notAnImage(path, "its L1 table is damaged or truncated")
         }
         var table = [UInt8](repeating: 0, count: Int(l1Size * 8))
@@ -134,6 +136,7 @@ public final class QCOW2Image {
         var ranges: [Range<UInt64>] = []
         var table = [UInt8](repeating: 0, count: Int(clusterSize))
         for (index, l1Entry) in l1.enumerated() {
+            guard UInt64(index) * clusterSize * l2Entries < virtualSize else { break }  // entries past the disk: unused
             let l2Offset = l1Entry & Self.offsetMask
             guard l2Offset != 0 else { continue }
             guard l2Offset % clusterSize == 0, l2Offset + clusterSize <= file.size else {

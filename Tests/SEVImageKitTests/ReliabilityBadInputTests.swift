@@ -135,7 +135,8 @@ struct ReliabilityBadInputTests {
         let result = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M",
                                    "--quiet", "--passphrase-file", scratch.file("readable.pass")])
         #expect(result.status == 0, "\(result)")
-        #expect(result.stderr == "sevimage: warning: \(scratch.file("readable.pass")) is readable by other users; chmod 600 it\n")
+        #expect(result.stderr.hasPrefix("sevimage: warning: ") && result.stderr.hasSuffix("\(scratch.file("readable.pass")) is readable by other users; chmod 600 it\n")
+                && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
         let opened = try OpenedImage(image: scratch.file("vm.qcow2"))
         #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", scratch.file("readable.pass"), opened.luksPartition]).status == 0)
         #expect(!FileManager.default.fileExists(atPath: scratch.file("vm.passphrase")))
@@ -270,7 +271,7 @@ struct ReliabilityBadInputTests {
         let good = try Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.qcow2")))
         let broken: [(String, Data, String)] = [
             ("zero.qcow2", Data(), "(0 bytes)|too short for a QCOW2 header"),
-            ("truncated.qcow2", good.prefix(100_000), "its L1 table is damaged or truncated"),
+            ("truncated.qcow2", good.prefix(100_000), "its L1 table is damaged or truncated|points outside the file"),
             ("raw.qcow2", Data((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* 31 >> 3) }), "not a QCOW2 file"),
         ]
         for (name, bytes, reason) in broken {

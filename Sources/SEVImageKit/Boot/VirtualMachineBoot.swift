@@ -186,9 +186,10 @@ public enum VirtualMachineBoot {
             }
         }
         // QEMU exited, or the outcome is known and the grace period is over.
-        let exitedByItself = !vm.isRunning
-        vm.stop()
+        // Both pipes closed means QEMU is exiting even if it is not reaped yet.
+        let exitedByItself = (!consoleOpen && !messagesOpen) || !vm.isRunning
         let status = exitedByItself ? vm.waitForExit() : 0
+        vm.stop()
         if let seconds = run.expectedSeconds {
             return .booted(BootReport(image: options.image, accelerator: accelerator, kvmFallbackReason: nil,
                                       passphrasePromptSeconds: run.promptSeconds, expectedTextSeconds: seconds,

@@ -120,7 +120,7 @@ struct HygieneTests {
         #expect(writable.status == ExitStatus.invalidInput.rawValue && writable.stderr.contains("writable by other users"), "\(writable)")
         chmod(scratch.file("p"), 0o600)
         let tk = scratch.file("tk.bin")
-        FileManager.default.createFile(atPath: tk, contents: Data(repeating: 7, count: 32), attributes: [.posixPermissions: 0o602])
+        _ = FileManager.default.createFile(atPath: tk, contents: Data(repeating: 7, count: 32), attributes: [.posixPermissions: 0o602])
         let package = try sevimage(["secret", "package", "--passphrase-file", scratch.file("p"), "--tk-file", tk,
                                     "--launch-measure", Data(count: 48).base64EncodedString()])
         #expect(package.status == ExitStatus.invalidInput.rawValue && package.stderr.contains("writable by other users"), "\(package)")

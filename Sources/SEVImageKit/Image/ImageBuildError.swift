@@ -11,9 +11,9 @@ public enum ImageBuildError: SEVImageError {
         case .noKernel(let tree):
             return "no kernel in \(tree)/boot: the root tree needs a /boot/vmlinuz* (and usually its initrd)"
         case .treeTooLarge(let partition):
-            return "the root tree does not fit in the \(formatSize(partition)) root filesystem; give a larger --size"
+            return "the root tree does not fit in the \(readableSize(partition)) root filesystem; give a larger --size"
         case .treeLargerThanPartition(let needed, let available):
-            return "the root tree needs about \(formatSize(needed)) but the root filesystem holds \(formatSize(available)); give --size at least \(formatSize(needed - available)) larger"
+            return "the root tree needs about \(readableSize(needed)) but the root filesystem holds \(readableSize(available)); give --size at least \(readableSize(needed - available)) larger"
         }
     }
 }

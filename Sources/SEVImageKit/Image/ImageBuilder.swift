@@ -100,7 +100,7 @@ public struct ImageBuilder {
                                        makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
         }
         if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUIDText) }
-        progress.step("building the ext4 root filesystem (\(formatSize(ext4Size)))")
+        progress.step("building the ext4 root filesystem (\(readableSize(ext4Size)))")
         let ext4Path = scratch.file("root.ext4")
         try TreePrefetch.during(directory: tree.directory) {  // the tree's files read into the page cache ahead of mke2fs
             try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
@@ -109,7 +109,7 @@ public struct ImageBuilder {
         FaultInjection.checkpoint("ext4 built")
 
         // 2. The raw disk with its GPT.
-        progress.step("writing the GPT (\(formatSize(layout.diskSize)) disk)")
+        progress.step("writing the GPT (\(readableSize(layout.diskSize)) disk)")
         let rawPath = scratch.file("disk.raw")
         let disk = try RawFile(creating: rawPath, size: layout.diskSize)
         try GPTWriter(path: rawPath).write(diskGUID: diskGUID, partitions: [
@@ -168,7 +168,7 @@ public struct ImageBuilder {
         let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize,
                                    allocated: outside + [headerArea] + QCOW2Writer.sectorRanges(regions, limit: ext4Size, offset: dataStart))
         try qcow.copy(from: disk, ranges: outside + [headerArea])
-        progress.step("encrypting \(formatSize(total)) of the root filesystem into the QCOW2")
+        progress.step("encrypting \(readableSize(total)) of the root filesystem into the QCOW2")
         try DataEncryption.run(source: plaintext, regions: regions, key: volumeKey, target: qcow, targetOffset: dataStart,
                                progress: progress.meter("encrypting", total: total))
         FaultInjection.checkpoint("root encrypted")
@@ -229,7 +229,7 @@ public struct ImageBuilder {
         umask(mask)
         chmod(qcowPath, 0o666 & ~mask)
         try publish(qcowPath, as: request.output)
-        progress.step("wrote \(request.output) (\(formatSize(imageBytes)) on disk, \(formatSize(layout.diskSize)) virtual)")
+        progress.step("wrote \(request.output) (\(readableSize(imageBytes)) on disk, \(readableSize(layout.diskSize)) virtual)")
         return CreateResult(image: request.output, manifest: request.manifestPath,
                             passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,
                             virtualSize: layout.diskSize, imageBytes: imageBytes, encryptedBytes: total,

@@ -109,7 +109,7 @@ extension ImageInspection {
     /// The human report (stderr).
     public var text: String {
         var lines = ["image:       \(image)"]
-        var container = "\(format), \(formatSize(virtualSize)) virtual (\(virtualSize) bytes), \(formatSize(fileSize)) on disk"
+        var container = "\(format), \(readableSize(virtualSize)) virtual (\(virtualSize) bytes), \(readableSize(fileSize)) on disk"
         if let clusterSize { container += ", \(clusterSize / 1024) KiB clusters" }
         lines.append("container:   \(container)")
         let copies = partitionTable.primaryValid && partitionTable.backupValid ? "primary and backup valid"
@@ -118,7 +118,7 @@ extension ImageInspection {
         for problem in partitionTable.problems { lines.append("  warning: \(problem)") }
         for p in partitions {
             lines.append("")
-            lines.append("partition \(p.number) \"\(p.name)\": \(formatSize(p.size)), LBAs \(p.firstLBA)-\(p.lastLBA) (offset \(p.offset))")
+            lines.append("partition \(p.number) \"\(p.name)\": \(readableSize(p.size)), LBAs \(p.firstLBA)-\(p.lastLBA) (offset \(p.offset))")
             lines.append("  type:        \(p.typeGUID)" + (p.typeName.map { " (\($0))" } ?? ""))
             lines.append("  guid:        \(p.partitionGUID)")
             if let fs = p.filesystem {

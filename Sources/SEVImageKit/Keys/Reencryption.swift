@@ -215,7 +215,7 @@ public struct Reencryption {
         let dataStart = area.rootOffset + LUKSLayout.headerSize
         let data = intersect(allocated, [dataStart..<root.upperBound])
         let total = DataEncryption.totalBytes(data)
-        progress.step("re-encrypting \(formatSize(total)) of allocated data into a new QCOW2")
+        progress.step("re-encrypting \(readableSize(total)) of allocated data into a new QCOW2")
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
                                  target: output, progress: progress.meter("re-encrypting", total: total))
         let imageSHA = hex(try output.hashWhileSyncing())

@@ -76,3 +76,13 @@ fileprivate extension String {
         return String(scalars)
     }
 }
+
+/// A size for people to read in messages: `8G`, `1.5G`, `300M`, `4K`, `100 bytes`; exact values as `formatSize`
+/// writes them, others rounded to one decimal.
+public func readableSize(_ bytes: UInt64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] where bytes >= 1 << UInt64(shift) {
+        let value = Double(bytes) / Double(UInt64(1) << UInt64(shift))
+        return value == value.rounded() ? "\(Int(value))\(unit)" : String(format: "%.1f%@", value, unit)
+    }
+    return "\(bytes) bytes"
+}

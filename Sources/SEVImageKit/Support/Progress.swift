@@ -35,7 +35,7 @@ public final class Progress: @unchecked Sendable {
                 let filled = Int(fraction * Double(width))
                 let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
                 var line = String(format: "\r  %@ [%@] %3.0f%% %@/s %.0fs left  ", label, bar, fraction * 100,
-                                  formatSize(UInt64(rate) / (1 << 20) * (1 << 20)), left)
+                                  readableSize(UInt64(rate)), left)
                 if done >= total { line += "\n" }
                 Console.write(line)
             }

@@ -14,7 +14,7 @@ struct ConcurrencyTests {
 
         init(_ arguments: [String], scratch: Scratch, label: String) throws {
             stderrPath = scratch.file("\(label).stderr")
-            FileManager.default.createFile(atPath: stderrPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: sevimageBinary)
             process.arguments = arguments
             process.standardOutput = FileHandle.nullDevice

@@ -34,26 +34,26 @@ public final class QCOW2Image {
         var header = [UInt8](repeating: 0, count: 104)
         try header.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
         guard header[0..<4] == [0x51, 0x46, 0x49, 0xFB] else { throw DiskError.notAnImage(path, "not a QCOW2 file (no QFI magic)") }
-        let version = be32(header, 4)
+        let version = header.be32(at: 4)
         guard version == 2 || version == 3 else { throw DiskError.notAnImage(path, "QCOW2 version \(version) is not supported") }
-        guard be64(header, 8) == 0 else { throw DiskError.notAnImage(path, "it has a backing file") }
-        guard be32(header, 32) == 0 else { throw DiskError.notAnImage(path, "it uses QCOW2's own encryption") }
+        guard header.be64(at: 8) == 0 else { throw DiskError.notAnImage(path, "it has a backing file") }
+        guard header.be32(at: 32) == 0 else { throw DiskError.notAnImage(path, "it uses QCOW2's own encryption") }
         if version == 3 {
-            let incompatible = be64(header, 72)
+            let incompatible = header.be64(at: 72)
             if incompatible & 1 != 0 { throw DiskError.notAnImage(path, "it is marked dirty; run qemu-img check -r all first") }
             if incompatible & 2 != 0 { throw DiskError.notAnImage(path, "QEMU marked it corrupt") }
             if incompatible & ~UInt64(1 | 2) != 0 {
                 throw DiskError.notAnImage(path, "it uses QCOW2 features this reader does not know (0x\(String(incompatible, radix: 16)))")
             }
         }
-        let bits = UInt64(be32(header, 20))
+        let bits = UInt64(header.be32(at: 20))
         guard (9...21).contains(bits) else { throw DiskError.notAnImage(path, "cluster size 2^\(bits) is out of range") }
         clusterBits = bits
         clusterSize = 1 << bits
         l2Entries = clusterSize / 8
-        virtualSize = be64(header, 24)
-        let l1Size = UInt64(be32(header, 36))
-        let l1Offset = be64(header, 40)
+        virtualSize = header.be64(at: 24)
+        let l1Size = UInt64(header.be32(at: 36))
+        let l1Offset = header.be64(at: 40)
         // Without overflow for any header values (found by Fuzz/FuzzQCOW2).
         let perL1Entry = clusterSize * l2Entries
         let needed = virtualSize / perL1Entry + (virtualSize % perL1Entry == 0 ? 0 : 1)
@@ -62,7 +62,7 @@ public final class QCOW2Image {
         }
         var table = [UInt8](repeating: 0, count: Int(l1Size * 8))
         try table.withUnsafeMutableBytes { try file.read(into: $0, at: l1Offset) }
-        l1 = (0..<Int(l1Size)).map { be64(table, $0 * 8) }
+        l1 = (0..<Int(l1Size)).map { table.be64(at: $0 * 8) }
     }
 
     /// Where guest offset `offset` lives in the host file: nil for unallocated or zero clusters.
@@ -78,7 +78,7 @@ public final class QCOW2Image {
         }
         var raw = [UInt8](repeating: 0, count: 8)
         try raw.withUnsafeMutableBytes { try file.read(into: $0, at: l2Offset + (cluster % l2Entries) * 8) }
-        let entry = be64(raw, 0)
+        let entry = raw.be64(at: 0)
         if entry & Self.compressed != 0 { throw DiskError.notAnImage(path, "it holds compressed clusters; convert it without -c") }
         let host = entry & Self.offsetMask
         guard host != 0, entry & Self.zeroFlag == 0 else { return nil }
@@ -144,7 +144,7 @@ public final class QCOW2Image {
             }
             try table.withUnsafeMutableBytes { try file.read(into: $0, at: l2Offset) }
             for slot in 0..<Int(l2Entries) {
-                let entry = be64(table, slot * 8)
+                let entry = table.be64(at: slot * 8)
                 guard entry & Self.offsetMask != 0, entry & Self.zeroFlag == 0 || entry & Self.compressed != 0 else { continue }
                 let start = (UInt64(index) * l2Entries + UInt64(slot)) * clusterSize
                 guard start < virtualSize else { break }
@@ -159,8 +159,3 @@ public final class QCOW2Image {
         return ranges
     }
 }
-
-@inline(__always) func be32(_ b: [UInt8], _ o: Int) -> UInt32 {
-    UInt32(b[o]) << 24 | UInt32(b[o + 1]) << 16 | UInt32(b[o + 2]) << 8 | UInt32(b[o + 3])
-}
-@inline(__always) func be64(_ b: [UInt8], _ o: Int) -> UInt64 { UInt64(be32(b, o)) << 32 | UInt64(be32(b, o + 4)) }

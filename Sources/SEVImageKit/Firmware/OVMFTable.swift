@@ -67,7 +67,7 @@ public struct OVMFTable: Sendable, Equatable {
         guard GUID(efiBytes: bytes[(footerEnd - 16)..<footerEnd]) == KnownGUID.ovmfTableFooter else {
             throw FirmwareError.noFooter(path: path)
         }
-        let length = Int(bytes.u16(at: footerEnd - footerLength))
+        let length = Int(bytes.le16(at: footerEnd - footerLength))
         guard length >= footerLength, length <= footerEnd else {
             throw FirmwareError.tableLengthOutOfRange(path: path, length: length, room: footerEnd)
         }
@@ -76,7 +76,7 @@ public struct OVMFTable: Sendable, Equatable {
         var end = footerEnd - footerLength
         while end - start >= footerLength {
             let guid = GUID(efiBytes: bytes[(end - 16)..<end])
-            let entryLength = Int(bytes.u16(at: end - footerLength))
+            let entryLength = Int(bytes.le16(at: end - footerLength))
             guard entryLength >= footerLength, entryLength <= end - start else {
                 throw FirmwareError.entryLengthOutOfRange(path: path, guid: guid, offset: end, length: entryLength, room: end - start)
             }
@@ -106,19 +106,19 @@ public struct OVMFTable: Sendable, Equatable {
             switch entry.guid {
             case KnownGUID.sevSecretBlock:
                 try need(8)
-                secretArea = Area(base: data.u32(at: 0), size: data.u32(at: 4))
+                secretArea = Area(base: data.le32(at: 0), size: data.le32(at: 4))
             case KnownGUID.sevHashTable:
                 try need(8)
-                hashTable = Area(base: data.u32(at: 0), size: data.u32(at: 4))
+                hashTable = Area(base: data.le32(at: 0), size: data.le32(at: 4))
             case KnownGUID.sevESResetBlock:
                 try need(4)
-                resetAddress = data.u32(at: 0)
+                resetAddress = data.le32(at: 0)
             case KnownGUID.sevMetadata:
                 try need(4)
-                metadataOffset = data.u32(at: 0)
+                metadataOffset = data.le32(at: 0)
             case KnownGUID.tdxMetadata:
                 try need(4)
-                tdxMetadataOffset = data.u32(at: 0)
+                tdxMetadataOffset = data.le32(at: 0)
             default:
                 break
             }
@@ -176,9 +176,9 @@ public struct SEVMetadata: Sendable, Equatable {
         let start = size - offset
         let signature = Array(bytes[start..<(start + 4)])
         guard signature == Array("ASEV".utf8) else { throw FirmwareError.metadataSignature(path: path, found: signature) }
-        let length = bytes.u32(at: start + 4)
-        let version = bytes.u32(at: start + 8)
-        let count = bytes.u32(at: start + 12)
+        let length = bytes.le32(at: start + 4)
+        let version = bytes.le32(at: start + 8)
+        let count = bytes.le32(at: start + 12)
         guard version == 1 else { throw FirmwareError.metadataVersion(path: path, version: version) }
         guard Int(length) <= offset, headerLength + sectionLength * Int(count) <= Int(length) else {
             throw FirmwareError.metadataLengthOutOfRange(path: path, length: length, sections: count, room: offset)
@@ -186,7 +186,7 @@ public struct SEVMetadata: Sendable, Equatable {
         var sections: [Section] = []
         for index in 0..<Int(count) {
             let at = start + headerLength + sectionLength * index
-            let gpa = bytes.u32(at: at), sectionSize = bytes.u32(at: at + 4), rawType = bytes.u32(at: at + 8)
+            let gpa = bytes.le32(at: at), sectionSize = bytes.le32(at: at + 4), rawType = bytes.le32(at: at + 8)
             guard let type = SectionType(rawValue: rawType) else {
                 throw FirmwareError.unknownSectionType(path: path, index: index, type: rawType)
             }
@@ -199,17 +199,5 @@ public struct SEVMetadata: Sendable, Equatable {
             sections.append(Section(gpa: gpa, size: sectionSize, type: type))
         }
         return SEVMetadata(headerOffset: start, version: version, sections: sections)
-    }
-}
-
-fileprivate extension Array where Element == UInt8 {
-    /// Little-endian u16 at `offset`; the caller has checked the bounds.
-    func u16(at offset: Int) -> UInt16 {
-        UInt16(self[offset]) | UInt16(self[offset + 1]) << 8
-    }
-
-    /// Little-endian u32 at `offset`; the caller has checked the bounds.
-    func u32(at offset: Int) -> UInt32 {
-        UInt32(self[offset]) | UInt32(self[offset + 1]) << 8 | UInt32(self[offset + 2]) << 16 | UInt32(self[offset + 3]) << 24
     }
 }

@@ -63,22 +63,22 @@ public struct GPTTable: Sendable, Codable, Equatable {
                 problems.append("no \(which) GPT header at LBA \(lba)")
                 return nil
             }
-            let headerSize = Int(le32(sector, 12))
+            let headerSize = Int(sector.le32(at: 12))
             guard (92...Int(sectorSize)).contains(headerSize) else {
                 problems.append("the \(which) GPT header size \(headerSize) is invalid")
                 return nil
             }
             var zeroed = Array(sector[0..<headerSize])
             zeroed[16..<20] = [0, 0, 0, 0]
-            guard crc32(zeroed) == le32(sector, 16) else {
+            guard crc32(zeroed) == sector.le32(at: 16) else {
                 problems.append("the \(which) GPT header's CRC32 does not match")
                 return nil
             }
-            let header = Header(alternateLBA: le64(sector, 32), firstUsable: le64(sector, 40), lastUsable: le64(sector, 48),
-                                diskGUID: GUID(efiBytes: sector[56..<72]), entriesLBA: le64(sector, 72),
-                                entryCount: le32(sector, 80), entrySize: le32(sector, 84), entriesCRC: le32(sector, 88))
+            let header = Header(alternateLBA: sector.le64(at: 32), firstUsable: sector.le64(at: 40), lastUsable: sector.le64(at: 48),
+                                diskGUID: GUID(efiBytes: sector[56..<72]), entriesLBA: sector.le64(at: 72),
+                                entryCount: sector.le32(at: 80), entrySize: sector.le32(at: 84), entriesCRC: sector.le32(at: 88))
             guard header.entrySize >= 128, header.entrySize % 8 == 0, header.entrySize <= 4096,
-                  header.entryCount <= 1024, le64(sector, 24) == lba else {
+                  header.entryCount <= 1024, sector.le64(at: 24) == lba else {
                 problems.append("the \(which) GPT header has impossible values")
                 return nil
             }
@@ -106,7 +106,7 @@ public struct GPTTable: Sendable, Codable, Equatable {
                 }
                 entries.append(GPTEntry(number: index + 1, typeGUID: type.description,
                                         partitionGUID: GUID(efiBytes: entry[16..<32]).description,
-                                        firstLBA: le64(entry, 32), lastLBA: le64(entry, 40), attributes: le64(entry, 48),
+                                        firstLBA: entry.le64(at: 32), lastLBA: entry.le64(at: 40), attributes: entry.le64(at: 48),
                                         name: String(decoding: units, as: UTF16.self)))
             }
             return (header, entries)
@@ -155,10 +155,6 @@ public enum PartitionTypes {
     ]
 }
 
-@inline(__always) private func le32(_ b: [UInt8], _ o: Int) -> UInt32 {
-    UInt32(b[o]) | UInt32(b[o + 1]) << 8 | UInt32(b[o + 2]) << 16 | UInt32(b[o + 3]) << 24
-}
-@inline(__always) private func le64(_ b: [UInt8], _ o: Int) -> UInt64 { UInt64(le32(b, o)) | UInt64(le32(b, o + 4)) << 32 }
 
 /// CRC-32 (IEEE 802.3, reflected, as the GPT uses it).
 func crc32(_ bytes: [UInt8]) -> UInt32 {

@@ -132,7 +132,7 @@ public enum SecretTable {
         guard GUID(efiBytes: bytes[0..<16]) == KnownGUID.secretTableHeader else {
             throw SecretTableError.wrongHeaderGUID(GUID(efiBytes: bytes[0..<16]))
         }
-        let total = Int(readLE32(bytes, at: 16))
+        let total = Int(bytes.le32(at: 16))
         guard total >= headerSize, total <= bytes.count else {
             throw SecretTableError.badTotalLength(total, size: bytes.count)
         }
@@ -142,7 +142,7 @@ public enum SecretTable {
             let guid = GUID(efiBytes: bytes[offset..<offset + 16])
             // An all-zero GUID after the entries is padding counted in the total length.
             if guid.bytes.allSatisfy({ $0 == 0 }) && bytes[offset..<total].allSatisfy({ $0 == 0 }) { break }
-            let length = Int(readLE32(bytes, at: offset + 16))
+            let length = Int(bytes.le32(at: offset + 16))
             guard length >= entryHeaderSize, length <= total - offset else {
                 throw SecretTableError.badEntryLength(length, offset: offset, remaining: total - offset)
             }
@@ -194,6 +194,3 @@ private func appendLE(_ value: UInt32, to bytes: inout [UInt8]) {
     bytes += [UInt8(value & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value >> 16 & 0xFF), UInt8(value >> 24)]
 }
 
-private func readLE32(_ bytes: [UInt8], at offset: Int) -> UInt32 {
-    UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(bytes[offset + 3]) << 24
-}

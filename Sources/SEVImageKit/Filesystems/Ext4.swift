@@ -47,6 +47,7 @@ public struct Ext4Builder {
         } catch GeneralError.toolFailed(_, _, let stderr) where stderr.contains("Could not allocate block") || stderr.contains("No space left") {
             throw ImageBuildError.treeTooLarge(partition: size)
         }
+        let debugfsCommands = (timestamp.map { Self.normalizedTimes(tree: tree, epoch: $0) } ?? []) + debugfsCommands
         if !debugfsCommands.isEmpty {
             let script = path + ".debugfs"
             try Data((debugfsCommands.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: script))
@@ -58,5 +59,26 @@ public struct Ext4Builder {
                 throw GeneralError.toolFailed("debugfs", status: 0, stderr: String(first))
             }
         }
+    }
+}
+
+extension Ext4Builder {
+    /// For reproducible builds: debugfs commands that give every inode of the tree mtime, atime and ctime
+    /// equal to its mtime clamped to `epoch`. mke2fs -d copies all three from the source, but reading the
+    /// tree updates its atimes and a fresh extraction its ctimes, so two builds of one tree would differ.
+    static func normalizedTimes(tree: String, epoch: Int64) -> [String] {
+        var commands: [String] = []
+        func add(_ relative: String, _ info: stat) {
+            let time = min(Int64(info.st_mtim.tv_sec), epoch)
+            let quoted = RootTree.debugfsQuoted("/" + relative)
+            for field in ["mtime", "atime", "ctime"] { commands.append("set_inode_field \(quoted) \(field) @\(time)") }
+        }
+        var info = stat()
+        if lstat(tree, &info) == 0 { add("", info) }
+        let enumerator = FileManager.default.enumerator(atPath: tree)
+        while let relative = enumerator?.nextObject() as? String {
+            if lstat(tree + "/" + relative, &info) == 0 { add(relative, info) }
+        }
+        return commands
     }
 }

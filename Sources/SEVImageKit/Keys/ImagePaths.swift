@@ -50,21 +50,7 @@ enum DurableFile {
     static func replace(_ path: String, with data: Data, mode: mode_t = 0o644) throws {
         let temporary = path + ".tmp"
         unlink(temporary)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
-        guard fd >= 0 else { throw GeneralError.io("create", path: temporary, errno: errno) }
-        var failure: Int32 = 0
-        data.withUnsafeBytes { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { failure = errno; return }
-                offset += n
-            }
-        }
-        if failure == 0, fchmod(fd, mode) != 0 || fsync(fd) != 0 { failure = errno }
-        close(fd)
-        guard failure == 0 else { unlink(temporary); throw GeneralError.io("write", path: temporary, errno: failure) }
+        try data.withUnsafeBytes { try OutputFiles.writeNew($0, to: temporary, mode: mode) }
         guard rename(temporary, path) == 0 else { throw GeneralError.io("move into place", path: path, errno: errno) }
         try OutputFiles.syncDirectory(of: path)
     }

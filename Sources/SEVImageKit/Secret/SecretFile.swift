@@ -35,27 +35,7 @@ public enum SecretFile {
 
     /// Writes `secret` to a new file (O_EXCL, mode 0600, fsync'ed); an existing path is a conflict.
     public static func writeNew(_ secret: SecretBytes, to path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else {
-            if errno == EEXIST { throw GeneralError.outputExists(path) }
-            throw GeneralError.io("create", path: path, errno: errno)
-        }
-        var complete = false
-        defer {
-            close(fd)
-            if !complete { unlink(path) }
-        }
-        try secret.withUnsafeBytes { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let n = Foundation.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw GeneralError.io("write", path: path, errno: errno) }
-                offset += n
-            }
-        }
-        guard fchmod(fd, 0o600) == 0, fsync(fd) == 0 else { throw GeneralError.io("write", path: path, errno: errno) }
-        complete = true
+        try secret.withUnsafeBytes { try OutputFiles.writeNew($0, to: path, mode: 0o600) }
     }
 }
 

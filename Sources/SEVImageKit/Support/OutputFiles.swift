@@ -25,6 +25,30 @@ public enum OutputFiles {
         FaultInjection.checkpoint("published \((final as NSString).lastPathComponent)")
     }
 
+    /// Creates `path` exclusively (never through a symlink) with `mode`, writes `bytes`, and fsyncs it;
+    /// on any failure the partial file is removed. An existing path is `GeneralError.outputExists`.
+    public static func writeNew(_ bytes: UnsafeRawBufferPointer, to path: String, mode: mode_t) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+        guard fd >= 0 else {
+            if errno == EEXIST { throw GeneralError.outputExists(path) }
+            throw GeneralError.io("create", path: path, errno: errno)
+        }
+        var failure: Int32 = 0
+        var offset = 0
+        while failure == 0 && offset < bytes.count {
+            let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            if n > 0 { offset += n } else { failure = n < 0 ? errno : EIO }
+        }
+        // fchmod: the umask must not loosen or tighten the mode a secret or a manifest needs.
+        if failure == 0, fchmod(fd, mode) != 0 || fsync(fd) != 0 { failure = errno }
+        close(fd)
+        guard failure == 0 else {
+            unlink(path)
+            throw GeneralError.io("write", path: path, errno: failure)
+        }
+    }
+
     public static func syncDirectory(of path: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
         let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

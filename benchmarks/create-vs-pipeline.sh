@@ -60,7 +60,8 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 for tool in mkfs.ext4 cryptsetup qemu-img python3 truncate; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
-[ -x /usr/bin/time ] && /usr/bin/time -v true 2>&1 | grep -q "Maximum resident" \
+# (No `| grep -q`: with pipefail, grep leaving early would fail the pipeline through time's SIGPIPE.)
+[ -x /usr/bin/time ] && [[ "$(/usr/bin/time -v true 2>&1)" == *"Maximum resident"* ]] \
     || die "GNU time is not installed (apt-get install time)"
 
 # Sizes with K/M/G suffixes (powers of 1024) to bytes.

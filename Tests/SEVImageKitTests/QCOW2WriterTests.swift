@@ -3,7 +3,8 @@ import Testing
 @testable import SEVImageKit
 
 /// QCOW2Writer against qemu-img: `check` finds no error or leak, `compare` sees the raw disk's bytes,
-/// `map` shows clusters only where there is data, and our reader can rewrite its clusters in place.
+/// `map` shows clusters only where there is data, and our reader can rewrite its clusters in place;
+/// clusters allocated in any order, from several threads, while others are being written.
 @Suite(.enabled(if: hasTool("qemu-img"), "needs qemu-img (qemu-utils)"))
 struct QCOW2WriterTests {
     struct Case: Sendable, CustomStringConvertible {
@@ -39,15 +40,18 @@ struct QCOW2WriterTests {
             pieces.append((extent.offset, bytes))
         }
         let allocated = test.extents.map { $0.offset..<($0.offset + UInt64($0.count)) }
-        let writer = try QCOW2Writer(creating: qcowPath, virtualSize: test.virtualSize, allocated: allocated,
-                                     clusterBits: test.clusterBits)
-        // Written out of order from several threads, as the encryption does.
+        let writer = try QCOW2Writer(creating: qcowPath, virtualSize: test.virtualSize, clusterBits: test.clusterBits)
+        // Allocated and written out of order from several threads, as the encryption does.
         let shuffled = pieces.shuffled()
         let failures = ErrorList()
         DispatchQueue.concurrentPerform(iterations: shuffled.count) { index in
-            do { try shuffled[index].bytes.withUnsafeBytes { try writer.write($0, at: shuffled[index].offset) } } catch { failures.add(error) }
+            let piece = shuffled[index]
+            writer.allocate(piece.offset..<(piece.offset + UInt64(piece.bytes.count)))
+            do { try piece.bytes.withUnsafeBytes { try writer.write($0, at: piece.offset) } } catch { failures.add(error) }
         }
         #expect(failures.isEmpty)
+        #expect(writer.fileSize == nil)
+        try writer.finish()
         let digest = try writer.hashWhileSyncing()
         #expect(digest == (try Crypto.hashFile(qcowPath)))
         #expect(try RawFile(path: qcowPath, writable: false).size == writer.fileSize)
@@ -69,7 +73,7 @@ struct QCOW2WriterTests {
             return start..<(start + length)
         })
         #expect(mapped == expected)
-        #expect(writer.fileSize < expected.reduce(0) { $0 + UInt64($1.count) } + 64 * cluster + (1 << 20))
+        #expect(try #require(writer.fileSize) < expected.reduce(0) { $0 + UInt64($1.count) } + 64 * cluster + (1 << 20))
 
         // Our reader sees the same bytes and may rewrite every cluster in place (refcount 1, COPIED set).
         let reader = try QCOW2Image(path: qcowPath, writable: true)
@@ -88,6 +92,12 @@ struct QCOW2WriterTests {
         let writer = try QCOW2Writer(creating: scratch.file("d.qcow2"), virtualSize: 8 << 20, allocated: [(1 << 20)..<(1 << 20) + 10])
         let bytes = [UInt8](repeating: 1, count: 4096)
         try bytes.withUnsafeBytes { try writer.write($0, at: 1 << 20) }
+        let back = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+        defer { back.deallocate() }
+        try writer.read(into: back, at: 1 << 20)
+        #expect(Array(back) == bytes)
+        try writer.read(into: back, at: (1 << 20) + 8192)  // allocated, never written: zeros
+        #expect(back.allSatisfy { $0 == 0 })
         try bytes.withUnsafeBytes { try writer.write($0, at: (1 << 20) + 65536 - 4096) }
         #expect(throws: QCOW2WriterError.self) { try bytes.withUnsafeBytes { try writer.write($0, at: (1 << 20) + 65536 - 4095) } }
         #expect(throws: QCOW2WriterError.self) { try bytes.withUnsafeBytes { try writer.write($0, at: 0) } }

@@ -6,8 +6,8 @@ import Testing
 /// SIGINT, and the next run reaping what a SIGKILL left. The output path always holds nothing or a whole image.
 @Suite(.serialized, .enabled(if: canCheckImages, "needs the image tools (e2fsprogs, dosfstools, mtools, grub, qemu-utils, cryptsetup, fdisk)"))
 struct ReliabilityInterruptTests {
-    /// Checkpoints of one `create` with a generated passphrase: 8 steps in ImageBuilder, 2 per publish.
-    static let checkpointCount = 14
+    /// Checkpoints of one `create` with a generated passphrase: 7 steps in ImageBuilder, 2 per publish.
+    static let checkpointCount = 13
 
     /// What a directory holds besides the test's tree: outputs and anything a run may leave.
     static func outputs(_ directory: String) -> [String] {

@@ -1,111 +1,193 @@
 import Foundation
 
-/// Writes a new QCOW2 image whose allocated clusters are known in advance, so that the guest data can be
-/// written straight into place (by several threads at once) without a raw disk and a `qemu-img convert` pass.
+/// Writes a new QCOW2 image, allocating clusters as guest data arrives, so that data can be written straight
+/// into place (by several threads at once, while it is still being produced) without a raw disk and a
+/// `qemu-img convert` pass.
 ///
-///     host cluster:  0        1..          ..            ..           ..
-///                  | header | L1 table | refcount table | refcount  | L2 tables | data clusters, in guest order |
-///                  |        |          |                | blocks    | (used L1  | (one per allocated guest      |
-///                  |        |          |                |           |  slots)   |  cluster)                     |
+///     host cluster:  0        1 ..                                 ..          ..         ..
+///                  | header | data clusters, in allocation order | L2 tables | L1 table | refcount table, blocks |
 ///
-/// The metadata is written once, at creation: every cluster in the file has refcount 1, every L1 and L2
-/// entry carries the COPIED flag (so `QCOW2Image` may later rewrite the LUKS header in place), and guest
-/// clusters outside `allocated` stay unallocated (they read as zeros). The file is sized to its last data
-/// cluster at once; parts of a data cluster that are never written stay holes and read as zeros, exactly as
-/// the guest bytes of a sparse raw disk would. Version 3 (`compat=1.1`), 16-bit refcounts, no extensions.
+/// `allocate` gives guest clusters the next host clusters; `write` puts guest bytes into allocated clusters;
+/// `finish` appends the metadata and writes the header. Every cluster in the file has refcount 1 and every
+/// L1 and L2 entry carries the COPIED flag (so `QCOW2Image` may later rewrite the LUKS header in place);
+/// guest clusters never allocated read as zeros, and parts of an allocated cluster never written stay holes
+/// in the file and read as zeros too, exactly as the guest bytes of a sparse raw disk would. Version 3
+/// (`compat=1.1`), 16-bit refcounts, no extensions. The allocation map is kept per L2 table (4 bytes per
+/// guest cluster of a table in use), so memory follows the data, not the disk.
 ///
-/// `@unchecked Sendable`: after `init` the mapping is immutable and writes are pwrite calls on distinct
+/// `@unchecked Sendable`: the allocation map is guarded by a lock, and writes are pwrite calls on distinct
 /// offsets, which the encryption threads rely on.
 public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     public let path: String
     public let virtualSize: UInt64
     public let clusterSize: UInt64
-    /// Length of the finished file (header, metadata and every data cluster).
-    public let fileSize: UInt64
-    /// Allocated guest clusters as runs: first guest cluster, number of clusters, host offset of the first.
-    private let runs: [(guest: UInt64, count: UInt64, host: UInt64)]
+    private let clusterBits: UInt64
+    private let l2Entries: UInt64
     private let file: RawFile
+    private let writeback = WritebackStarter()
+    private let lock = NSLock()
+    /// L1 slot -> host cluster number of each guest cluster the slot's L2 table covers (0: not allocated).
+    private var tables: [UInt64: [UInt32]] = [:]
+    private var nextCluster: UInt64 = 1
+    private var finishedSize: UInt64?
 
-    /// Creates `path` (it must not exist) for a disk of `virtualSize` bytes whose data lies in `allocated`
-    /// (guest byte ranges, rounded out to whole clusters here); writes all the metadata.
-    public init(creating path: String, virtualSize: UInt64, allocated: [Range<UInt64>], clusterBits: UInt64 = 16) throws {
+    /// Creates `path` (it must not exist) for a disk of `virtualSize` bytes, with no cluster allocated yet.
+    public init(creating path: String, virtualSize: UInt64, clusterBits: UInt64 = 16) throws {
         precondition((9...21).contains(clusterBits), "QCOW2 cluster sizes are 512 bytes to 2 MiB")
         self.path = path
         self.virtualSize = virtualSize
-        let clusterSize: UInt64 = 1 << clusterBits
-        self.clusterSize = clusterSize
-        let l2Entries = clusterSize / 8
+        self.clusterBits = clusterBits
+        clusterSize = 1 << clusterBits
+        l2Entries = clusterSize / 8
+        file = try RawFile(creating: path, size: 0)
+    }
+
+    /// Creates `path` with clusters for `allocated` (guest byte ranges), given in guest order.
+    public convenience init(creating path: String, virtualSize: UInt64, allocated: [Range<UInt64>], clusterBits: UInt64 = 16) throws {
+        try self.init(creating: path, virtualSize: virtualSize, clusterBits: clusterBits)
+        for range in mergeRanges(allocated) { allocate(range) }
+    }
+
+    /// Length of the finished file (header, data clusters and metadata); nil before `finish`.
+    public var fileSize: UInt64? { lock.withLock { finishedSize } }
+
+    /// Gives every guest cluster that `range` touches (clamped to the disk) a host cluster, if it has none yet.
+    public func allocate(_ range: Range<UInt64>) {
+        let end = min(range.upperBound, virtualSize)
+        guard range.lowerBound < end else { return }
+        lock.withLock {
+            precondition(finishedSize == nil, "QCOW2Writer: allocation after finish")
+            for cluster in (range.lowerBound >> clusterBits)...((end - 1) >> clusterBits) {
+                let slot = cluster / l2Entries, index = Int(cluster % l2Entries)
+                if tables[slot]?[index] ?? 0 != 0 { continue }
+                tables[slot, default: [UInt32](repeating: 0, count: Int(l2Entries))][index] = UInt32(nextCluster)
+                nextCluster += 1
+            }
+        }
+    }
+
+    /// Whether the guest cluster holding byte `offset` has a host cluster.
+    public func isAllocated(_ offset: UInt64) -> Bool {
+        lock.withLock { hostCluster(offset >> clusterBits) != 0 }
+    }
+
+    /// The host cluster (its number in the file) of the guest cluster holding byte `offset`, if it has one.
+    public func hostCluster(ofGuest offset: UInt64) -> UInt64? {
+        let host = lock.withLock { hostCluster(offset >> clusterBits) }
+        return host == 0 ? nil : host
+    }
+
+    /// The guest byte ranges that have clusters (merged, ascending).
+    public var allocatedRanges: [Range<UInt64>] {
+        lock.withLock {
+            var ranges: [Range<UInt64>] = []
+            for slot in tables.keys.sorted() {
+                for (index, host) in tables[slot]!.enumerated() where host != 0 {
+                    let start = (slot * l2Entries + UInt64(index)) * clusterSize
+                    let range = start..<min(virtualSize, start + clusterSize)
+                    if let last = ranges.last, last.upperBound == range.lowerBound {
+                        ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
+                    } else {
+                        ranges.append(range)
+                    }
+                }
+            }
+            return ranges
+        }
+    }
+
+    /// Writes guest bytes into their clusters; refuses, before writing anything, bytes that fall outside
+    /// the allocated clusters. Safe to call from several threads for distinct ranges.
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        for piece in try hostPieces(offset, buffer.count) {
+            try file.write(UnsafeRawBufferPointer(rebasing: buffer[piece.range]), at: piece.host)
+        }
+        writeback.wrote(buffer.count, to: file.fd)
+    }
+
+    /// Reads guest bytes back from their clusters (all of them must be allocated); what was never written reads as zeros.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        for piece in try hostPieces(offset, buffer.count) {
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[piece.range])
+            var done = 0
+            while done < part.count {
+                let n = pread(file.fd, part.baseAddress! + done, part.count - done, off_t(piece.host) + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw GeneralError.io("read", path: path, errno: errno) }
+                if n == 0 {  // past the end of the file: allocated clusters not written yet
+                    part.baseAddress!.advanced(by: done).initializeMemory(as: UInt8.self, repeating: 0, count: part.count - done)
+                    break
+                }
+                done += n
+            }
+        }
+    }
+
+    /// Where `count` guest bytes from `offset` lie in the file, as runs that are contiguous there.
+    private func hostPieces(_ offset: UInt64, _ count: Int) throws -> [(host: UInt64, range: Range<Int>)] {
+        guard offset + UInt64(count) <= virtualSize else { throw QCOW2WriterError.outsideAllocation(path, offset) }
+        return try lock.withLock {
+            var pieces: [(host: UInt64, range: Range<Int>)] = []
+            var done = 0
+            while done < count {
+                let position = offset + UInt64(done)
+                let host = hostCluster(position >> clusterBits)
+                guard host != 0 else { throw QCOW2WriterError.outsideAllocation(path, position) }
+                let within = position & (clusterSize - 1)
+                let length = Int(min(UInt64(count - done), clusterSize - within))
+                let hostOffset = host << clusterBits + within
+                if let last = pieces.last, last.host + UInt64(last.range.count) == hostOffset {
+                    pieces[pieces.count - 1].range = last.range.lowerBound..<(done + length)
+                } else {
+                    pieces.append((hostOffset, done..<done + length))
+                }
+                done += length
+            }
+            return pieces
+        }
+    }
+
+    /// Host cluster number of a guest cluster, 0 if none (call with the lock held).
+    private func hostCluster(_ cluster: UInt64) -> UInt64 {
+        UInt64(tables[cluster / l2Entries]?[Int(cluster % l2Entries)] ?? 0)
+    }
+
+    /// Appends the L2 tables, the L1 table and the refcounts after the data clusters and writes the header.
+    /// No allocation may follow; writes into allocated clusters still may.
+    public func finish() throws {
+        let (slots, dataEnd): ([(UInt64, [UInt32])], UInt64) = lock.withLock {
+            (tables.keys.sorted().map { ($0, tables[$0]!) }, nextCluster)
+        }
         func clusters(_ bytes: UInt64) -> UInt64 { (bytes + clusterSize - 1) / clusterSize }
-
-        // Guest clusters to allocate, merged into runs.
-        var guestRuns: [(first: UInt64, count: UInt64)] = []
-        for range in mergeRanges(allocated.map { min($0.lowerBound, virtualSize)..<min($0.upperBound, virtualSize) }) {
-            let first = range.lowerBound / clusterSize, end = clusters(range.upperBound)
-            if let last = guestRuns.last, first <= last.first + last.count {
-                guestRuns[guestRuns.count - 1].count = max(last.count, end - last.first)
-            } else {
-                guestRuns.append((first, end - first))
-            }
-        }
-        let dataClusters = guestRuns.reduce(0) { $0 + $1.count }
-        // L1 slots that need an L2 table.
-        var l2Slots: [UInt64] = []
-        for run in guestRuns {
-            for slot in (run.first / l2Entries)...((run.first + run.count - 1) / l2Entries) where l2Slots.last != slot {
-                l2Slots.append(slot)
-            }
-        }
-
-        // Host layout; the refcount structures must count themselves, so grow them until they fit.
         let l1Size = (virtualSize + clusterSize * l2Entries - 1) / (clusterSize * l2Entries)
         let l1Clusters = max(1, clusters(l1Size * 8))
+        // The refcount structures must count themselves, so grow them until they fit.
         let refcountsPerBlock = clusterSize / 2
-        var tableClusters: UInt64 = 1, blockCount: UInt64 = 1
-        var total: UInt64 = 0
+        var tableClusters: UInt64 = 1, blockCount: UInt64 = 1, total: UInt64 = 0
         while true {
-            total = 1 + l1Clusters + tableClusters + blockCount + UInt64(l2Slots.count) + dataClusters
+            total = dataEnd + UInt64(slots.count) + l1Clusters + tableClusters + blockCount
             let neededBlocks = (total + refcountsPerBlock - 1) / refcountsPerBlock
             let neededTable = max(1, clusters(neededBlocks * 8))
             if neededBlocks <= blockCount && neededTable <= tableClusters { break }
             blockCount = max(blockCount, neededBlocks)
             tableClusters = max(tableClusters, neededTable)
         }
-        let l1Offset = clusterSize
+        let l2Offset = dataEnd * clusterSize
+        let l1Offset = l2Offset + UInt64(slots.count) * clusterSize
         let tableOffset = l1Offset + l1Clusters * clusterSize
         let blocksOffset = tableOffset + tableClusters * clusterSize
-        let l2Offset = blocksOffset + blockCount * clusterSize
-        let dataOffset = l2Offset + UInt64(l2Slots.count) * clusterSize
-        fileSize = total * clusterSize
-
-        var mapped: [(guest: UInt64, count: UInt64, host: UInt64)] = []
-        var next = dataOffset
-        for run in guestRuns {
-            mapped.append((run.first, run.count, next))
-            next += run.count * clusterSize
-        }
-        runs = mapped
-
-        file = try RawFile(creating: path, size: fileSize)
         let copied: UInt64 = 1 << 63
 
-        // Header (QEMU's docs/interop/qcow2.txt), big-endian; the zero bytes after it end the (empty) extension list.
-        var header = [UInt8](repeating: 0, count: 112)
-        putBE32(&header, 0, 0x5146_49FB)             // "QFI\xfb"
-        putBE32(&header, 4, 3)                       // version
-        putBE32(&header, 20, UInt32(clusterBits))
-        putBE64(&header, 24, virtualSize)
-        putBE32(&header, 36, UInt32(l1Size))
-        putBE64(&header, 40, l1Offset)
-        putBE64(&header, 48, tableOffset)
-        putBE32(&header, 56, UInt32(tableClusters))
-        putBE32(&header, 96, 4)                      // refcount_order: 16-bit refcounts
-        putBE32(&header, 100, 104)                   // header_length
-        try write(header, at: 0)
-
-        // L1: one entry per L2 table, in slot order.
+        // L2 tables, one cluster each, in slot order; the L1 table points at them.
         var l1 = [UInt8](repeating: 0, count: Int(l1Size * 8))
-        for (index, slot) in l2Slots.enumerated() {
-            putBE64(&l1, Int(slot) * 8, (l2Offset + UInt64(index) * clusterSize) | copied)
+        var l2 = [UInt8](repeating: 0, count: Int(clusterSize))
+        for (index, (slot, hosts)) in slots.enumerated() {
+            for (entry, host) in hosts.enumerated() {
+                putBE64(&l2, entry * 8, host == 0 ? 0 : (UInt64(host) << clusterBits) | copied)
+            }
+            let offset = l2Offset + UInt64(index) * clusterSize
+            try write(l2, at: offset)
+            putBE64(&l1, Int(slot) * 8, offset | copied)
         }
         try write(l1, at: l1Offset)
 
@@ -123,58 +205,29 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
             try write(block, at: blocksOffset + index * clusterSize)
         }
 
-        // L2 tables, one cluster each, built one at a time.
-        var l2 = [UInt8](repeating: 0, count: Int(clusterSize))
-        var runIndex = 0
-        for (index, slot) in l2Slots.enumerated() {
-            for i in l2.indices { l2[i] = 0 }
-            let first = slot * l2Entries, end = first + l2Entries
-            while runIndex < mapped.count, mapped[runIndex].guest + mapped[runIndex].count <= first { runIndex += 1 }
-            var r = runIndex
-            while r < mapped.count, mapped[r].guest < end {
-                let run = mapped[r]
-                for cluster in max(run.guest, first)..<min(run.guest + run.count, end) {
-                    putBE64(&l2, Int(cluster - first) * 8, (run.host + (cluster - run.guest) * clusterSize) | copied)
-                }
-                r += 1
-            }
-            try write(l2, at: l2Offset + UInt64(index) * clusterSize)
-        }
+        // Header (QEMU's docs/interop/qcow2.txt), big-endian; the zero bytes after it end the (empty) extension list.
+        var header = [UInt8](repeating: 0, count: 112)
+        putBE32(&header, 0, 0x5146_49FB)             // "QFI\xfb"
+        putBE32(&header, 4, 3)                       // version
+        putBE32(&header, 20, UInt32(clusterBits))
+        putBE64(&header, 24, virtualSize)
+        putBE32(&header, 36, UInt32(l1Size))
+        putBE64(&header, 40, l1Offset)
+        putBE64(&header, 48, tableOffset)
+        putBE32(&header, 56, UInt32(tableClusters))
+        putBE32(&header, 96, 4)                      // refcount_order: 16-bit refcounts
+        putBE32(&header, 100, 104)                   // header_length
+        try write(header, at: 0)
+        lock.withLock { finishedSize = total * clusterSize }
     }
 
     private func write(_ bytes: [UInt8], at offset: UInt64) throws {
         try bytes.withUnsafeBytes { try file.write($0, at: offset) }
     }
 
-    /// The guest byte ranges that have clusters (merged, ascending).
-    public var allocatedRanges: [Range<UInt64>] {
-        runs.map { ($0.guest * clusterSize)..<min(virtualSize, ($0.guest + $0.count) * clusterSize) }
-    }
-
-    /// Writes guest bytes into their clusters; refuses, before writing anything, bytes that fall outside
-    /// the allocated clusters. Safe to call from several threads for distinct ranges.
-    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
-        guard offset + UInt64(buffer.count) <= virtualSize else {
-            throw QCOW2WriterError.outsideAllocation(path, offset)
-        }
-        var pieces: [(host: UInt64, range: Range<Int>)] = []
-        var done = 0
-        while done < buffer.count {
-            let position = offset + UInt64(done)
-            let cluster = position / clusterSize
-            guard let run = run(containing: cluster) else { throw QCOW2WriterError.outsideAllocation(path, position) }
-            let runEnd = (run.guest + run.count) * clusterSize
-            let count = Int(min(UInt64(buffer.count - done), runEnd - position))
-            pieces.append((run.host + position - run.guest * clusterSize, done..<done + count))
-            done += count
-        }
-        for piece in pieces {
-            try file.write(UnsafeRawBufferPointer(rebasing: buffer[piece.range]), at: piece.host)
-        }
-    }
-
-    /// Copies guest bytes from a positional reader (e.g. a sparse raw file's data extents).
+    /// Copies guest bytes from a positional reader (e.g. a sparse raw file's data extents), allocating their clusters.
     public func copy(from source: RawFile, ranges: [Range<UInt64>], sourceOffset: UInt64 = 0) throws {
+        for range in ranges { allocate(range) }
         let chunk = 1 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }
@@ -195,6 +248,7 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     /// SHA-256 of the finished file, read back (from the page cache) while another thread flushes it to disk,
     /// so that the hash costs no time of its own when the flush is the slower of the two.
     public func hashWhileSyncing() throws -> [UInt8] {
+        precondition(fileSize != nil, "QCOW2Writer: hash before finish")
         let flushed = ResultBox()
         let group = DispatchGroup()
         DispatchQueue.global().async(group: group) { [file] in
@@ -244,16 +298,6 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
             return (offset + start)..<(offset + max(start, end))
         }
     }
-
-    private func run(containing cluster: UInt64) -> (guest: UInt64, count: UInt64, host: UInt64)? {
-        var low = 0, high = runs.count
-        while low < high {
-            let middle = (low + high) / 2
-            if runs[middle].guest + runs[middle].count <= cluster { low = middle + 1 } else { high = middle }
-        }
-        guard low < runs.count, runs[low].guest <= cluster else { return nil }
-        return runs[low]
-    }
 }
 
 /// Something guest bytes can be written to by offset: a raw disk file or a QCOW2 being written.
@@ -262,6 +306,34 @@ public protocol PositionalWriter: AnyObject, Sendable {
 }
 
 extension RawFile: PositionalWriter {}
+
+/// Starts the disk write of what was written so far every `stride` bytes (`sync_file_range` with
+/// SYNC_FILE_RANGE_WRITE queues the dirty pages without waiting for them), so that the disk works while
+/// the image is still being encrypted and the closing fsync finds little left to do. Without it the kernel
+/// would hold the whole image dirty in the page cache (up to `dirty_background_ratio` of memory) and write
+/// it only once fsync asks.
+private final class WritebackStarter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var pending = 0
+    private let stride = 32 << 20
+
+    func wrote(_ count: Int, to fd: Int32) {
+        let start = lock.withLock {
+            pending += count
+            guard pending >= stride else { return false }
+            pending = 0
+            return true
+        }
+        if start, let syncFileRange = Self.syncFileRange { _ = syncFileRange(fd, 0, 0, 2) }  // SYNC_FILE_RANGE_WRITE
+    }
+
+    /// glibc's `sync_file_range`, which Swift's Glibc module leaves out (it is declared under _GNU_SOURCE).
+    private typealias SyncFileRange = @convention(c) (Int32, Int64, Int64, UInt32) -> Int32
+    private static let syncFileRange: SyncFileRange? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sync_file_range") else { return nil }
+        return unsafeBitCast(symbol, to: SyncFileRange.self)
+    }()
+}
 
 private final class ResultBox: @unchecked Sendable {
     private let lock = NSLock()

@@ -34,19 +34,20 @@ public final class RawFile: @unchecked Sendable {
         return fstat(fd, &info) == 0 ? UInt64(info.st_size) : 0
     }
 
-    /// The byte ranges that hold data (everything else reads as zeros and takes no space).
-    public func dataExtents() throws -> [Range<UInt64>] {
+    /// The byte ranges that hold data (everything else reads as zeros and takes no space), within `range`.
+    public func dataExtents(in range: Range<UInt64>? = nil) throws -> [Range<UInt64>] {
         var extents: [Range<UInt64>] = []
-        let end = off_t(size)
-        var position: off_t = 0
+        let end = off_t(min(size, range?.upperBound ?? .max))
+        var position = off_t(range?.lowerBound ?? 0)
         while position < end {
             let start = lseek(fd, position, SEEK_DATA)
             if start < 0 {
                 if errno == ENXIO { break }
                 throw GeneralError.io("map the data of", path: path, errno: errno)
             }
+            if start >= end { break }
             var stop = lseek(fd, start, SEEK_HOLE)
-            if stop < 0 { stop = end }
+            if stop < 0 || stop > end { stop = end }
             extents.append(UInt64(start)..<UInt64(stop))
             position = stop
         }

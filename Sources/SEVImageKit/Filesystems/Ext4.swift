@@ -25,6 +25,10 @@ public struct Ext4Builder {
         let blocks = size / UInt64(blockSize)
         var environment: [String: String] = ["MKE2FS_CONFIG": "/dev/null"]
         if let timestamp { environment["E2FSPROGS_FAKE_TIME"] = String(timestamp) }
+        if let noSync = Self.noSyncLibrary {
+            let inherited = ProcessInfo.processInfo.environment["LD_PRELOAD"].map { " " + $0 } ?? ""
+            environment["LD_PRELOAD"] = noSync + inherited
+        }
         let created = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard created >= 0 else { throw GeneralError.io("create", path: path, errno: errno) }
         guard ftruncate(created, off_t(size)) == 0 else {
@@ -63,6 +67,15 @@ public struct Ext4Builder {
 }
 
 extension Ext4Builder {
+    /// libeatmydata (Debian's `libeatmydata1`), preloaded into mke2fs and debugfs when installed: it turns
+    /// their fsync calls into no-ops. Their output is a scratch file that is read once and deleted, so its
+    /// durability is worthless, while mke2fs's closing fsync would write the whole filesystem to disk once
+    /// more before the encrypted copy (the one that is kept, and flushed) is even made.
+    static let noSyncLibrary: String? = {
+        let directories = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"]
+        return directories.map { $0 + "/libeatmydata.so.1" }.first { FileManager.default.fileExists(atPath: $0) }
+    }()
+
     /// For reproducible builds: debugfs commands that give every inode of the tree mtime, atime and ctime
     /// equal to its mtime clamped to `epoch`. mke2fs -d copies all three from the source, but reading the
     /// tree updates its atimes and a fresh extraction its ctimes, so two builds of one tree would differ.

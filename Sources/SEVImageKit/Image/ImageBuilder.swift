@@ -73,6 +73,12 @@ public struct ImageBuilder {
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let scratch = try TemporaryDirectory(near: request.output)
         try PublishJournal.begin(in: scratch.path)
+        // A directory's files are read into the page cache ahead of mke2fs from now on (the checks walk it too);
+        // a tarball is extracted into the scratch directory, which leaves its files cached anyway.
+        var isDirectory: ObjCBool = false
+        let prefetch = FileManager.default.fileExists(atPath: request.rootfs, isDirectory: &isDirectory) && isDirectory.boolValue
+            ? TreePrefetch(directory: request.rootfs) : nil
+        defer { prefetch?.finish() }
         let tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
         let ext4Size = layout.rootSize - LUKSLayout.headerSize
         try checkFits(tree: tree, ext4Size: ext4Size)
@@ -100,83 +106,49 @@ public struct ImageBuilder {
                                        makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
         }
         if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUIDText) }
-        progress.step("building the ext4 root filesystem (\(readableSize(ext4Size)))")
-        let ext4Path = scratch.file("root.ext4")
-        try TreePrefetch.during(directory: tree.directory) {  // the tree's files read into the page cache ahead of mke2fs
-            try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
-                .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: commands)
-        }
-        FaultInjection.checkpoint("ext4 built")
-
-        // 2. The raw disk with its GPT.
-        progress.step("writing the GPT (\(readableSize(layout.diskSize)) disk)")
-        let rawPath = scratch.file("disk.raw")
-        let disk = try RawFile(creating: rawPath, size: layout.diskSize)
-        try GPTWriter(path: rawPath).write(diskGUID: diskGUID, partitions: [
-            GPTPartition(firstLBA: layout.espFirstLBA, lastLBA: layout.espLastLBA, type: KnownGUID.espType, guid: espGUID, name: "esp"),
-            GPTPartition(firstLBA: layout.rootFirstLBA, lastLBA: layout.rootLastLBA, type: KnownGUID.rootX86_64Type, guid: rootGUID, name: "root-x86-64"),
-        ])
-        FaultInjection.checkpoint("gpt written")
-
-        // 3. The ESP with GRUB.
-        progress.step("building the EFI system partition with GRUB")
-        let grubPath = scratch.file("BOOTX64.EFI")
-        try GrubImage.buildStandalone(output: grubPath,
-                                      config: GrubImage.embeddedConfig(luksUUID: luksUUIDText, rootFilesystemUUID: ext4UUID.description),
-                                      scratch: scratch.path, timestamp: timestamp)
-        let espPath = scratch.file("esp.fat")
-        let esp = ESPBuilder(volumeID: fatID)
-        try esp.build(path: espPath, size: layout.espSize, files: [("EFI/BOOT/BOOTX64.EFI", grubPath)], timestamp: timestamp)
-        try RawFile(path: espPath, writable: false).copyData(in: 0..<layout.espSize, to: disk, at: layout.espOffset)
-        FaultInjection.checkpoint("esp written")
-
-        // 4. The LUKS2 header (libcryptsetup) and its keyslot.
-        progress.step("formatting LUKS2 (aes-xts-plain64, 4096-byte sectors, PBKDF2 \(profile.pbkdf2Iterations) iterations)")
         let passphrase = try request.passphrase ?? Passphrase.generate()
         let volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
-        let headerPath = scratch.file("luks.header")
-        _ = try RawFile(creating: headerPath, size: layout.rootSize)
-        let luks = try CryptDevice(path: headerPath)
-        try luks.format(volumeKey: volumeKey, uuid: luksUUIDText, dataOffset: LUKSLayout.headerSize,
-                        sectorSize: LUKSLayout.sectorSize, label: nil)
-        let mainSlot = try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
-        var roles = [mainSlot: request.passphrase == nil ? "generated" : "given"]
-        if let recovery = request.recoveryPassphrase {
-            progress.step("adding the recovery keyslot (PBKDF2 \(profile.recoveryPbkdf2Iterations) iterations)")
-            roles[try luks.addKeyslot(volumeKey: volumeKey, passphrase: recovery.secret, iterations: profile.recoveryPbkdf2Iterations)] = "recovery"
-        }
-        if let keyfile = request.initramfsKeyfile { roles[try keyfile.addKeyslot(to: luks, volumeKey: volumeKey)] = "keyfile" }
-        let keyslots = luks.keyslots
-        let header = try RawFile(path: headerPath, writable: true)
-        for range in try luks.unusedKeyslotRanges() {
-            let noise = try randomBytes(Int(range.count))
-            try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
-        }
-        try header.copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
-        FaultInjection.checkpoint("luks header written")
-
-        // 5. The QCOW2, written directly (QCOW2Writer): clusters for the GPT, the ESP and the LUKS header (what
-        // the small raw disk holds, zero clusters left out) and for the root's data, encrypted straight into
-        // place: what ext4 uses, or the whole partition with wipe_free_space. No raw disk pass, no conversion.
-        let plaintext = try RawFile(path: ext4Path, writable: false)
-        let regions = profile.wipeFreeSpace ? [0..<ext4Size] : try usedRegions(of: plaintext)
-        let total = DataEncryption.totalBytes(regions)
-        let dataStart = layout.rootOffset + LUKSLayout.headerSize
-        let headerArea = layout.rootOffset..<dataStart
-        let outside = try QCOW2Writer.nonZeroRanges(of: disk, excluding: headerArea)
         let qcowPath = scratch.file("image.qcow2")
-        let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize,
-                                   allocated: outside + [headerArea] + QCOW2Writer.sectorRanges(regions, limit: ext4Size, offset: dataStart))
-        try qcow.copy(from: disk, ranges: outside + [headerArea])
-        progress.step("encrypting \(readableSize(total)) of the root filesystem into the QCOW2")
-        try DataEncryption.run(source: plaintext, regions: regions, key: volumeKey, target: qcow, targetOffset: dataStart,
-                               progress: progress.meter("encrypting", total: total))
-        FaultInjection.checkpoint("root encrypted")
+        let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize)
+        let dataStart = layout.rootOffset + LUKSLayout.headerSize
 
-        // 6. Its SHA-256 for the manifest, read back from the page cache while the file is flushed to disk.
-        let imageSHA = hex(try qcow.hashWhileSyncing())
-        let imageBytes = qcow.fileSize
-        FaultInjection.checkpoint("qcow2 converted")
+        // 1. The root filesystem, in the clear, in its own sparse file: mke2fs runs in the background while
+        // this thread builds the rest, and its output is encrypted into the QCOW2 as it is written.
+        progress.step("building the ext4 root filesystem (\(readableSize(ext4Size))) and encrypting it into the QCOW2")
+        let ext4Path = scratch.file("root.ext4")
+        let encryption = RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow, targetOffset: dataStart)
+        let debugfsCommands = commands
+        let ext4 = BackgroundWork("sevimage mke2fs") {
+            try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
+                .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: debugfsCommands)
+        }
+        encryption.startFollowing()
+        let luks: CryptDevice, roles: [Int: String], esp: ESPBuilder
+        do {
+            (luks, roles, esp) = try buildOuterParts(layout: layout, ids: (diskGUID, espGUID, rootGUID, fatID), luksUUID: luksUUIDText,
+                                                    ext4UUID: ext4UUID, passphrase: passphrase, volumeKey: volumeKey,
+                                                    scratch: scratch, into: qcow)
+        } catch {
+            ChildProcesses.shared.terminateAll()  // mke2fs or debugfs: the build is abandoned
+            _ = ext4.wait()
+            try? encryption.stopFollowing()
+            throw error
+        }
+        let built = ext4.wait()
+        try encryption.stopFollowing()
+        try built.get()
+        FaultInjection.checkpoint("ext4 built")
+
+        // 5. The root's data: what the follower wrote ahead checked against the final filesystem, the rest added
+        // (every cluster ext4 uses, or the whole partition with wipe_free_space); then the QCOW2's metadata, and
+        // 6. its SHA-256 for the manifest, read back behind the writers.
+        progress.step("encrypting the rest of the root filesystem into the QCOW2")
+        let (total, digest) = try encryption.complete(wipeFreeSpace: profile.wipeFreeSpace,
+                                                      progress: progress.meter("encrypting", total: ext4Size))
+        let imageSHA = hex(digest)
+        let imageBytes = qcow.fileSize ?? 0
+        let keyslots = luks.keyslots
+        FaultInjection.checkpoint("root encrypted")
 
         // 7. Manifest and passphrase, then publish.
         let createdAt = iso8601(timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? started)
@@ -236,13 +208,60 @@ public struct ImageBuilder {
                             luksUUID: luksUUIDText, seconds: Date().timeIntervalSince(started))
     }
 
-    /// What the encryption must cover: every extent mke2fs wrote. The holes it left are inode-table tails
-    /// and journal blocks that ext4 writes before it reads them (mke2fs's `lazy_itable_init` and
-    /// `lazy_journal_init` leave `INODE_ZEROED` clear, so the kernel zeroes them itself, and fsck and the
-    /// kernel never read past a group's `itable_unused`): they may decrypt to noise. The tests check this
-    /// with an independent decryption and `e2fsck -f`, before and after `debugfs -w` allocates in fresh groups.
-    func usedRegions(of plaintext: RawFile) throws -> [Range<UInt64>] {
-        try plaintext.dataExtents()
+    /// Steps 2 to 4, while mke2fs runs: the GPT, the ESP with GRUB and the LUKS2 header with its keyslots, built
+    /// in a small sparse raw disk and copied into the QCOW2 (its zero clusters left out, the header area whole).
+    func buildOuterParts(layout: DiskLayout, ids: (disk: GUID, esp: GUID, root: GUID, fat: UInt32), luksUUID: String,
+                         ext4UUID: GUID, passphrase: Passphrase, volumeKey: SecretBytes, scratch: TemporaryDirectory,
+                         into qcow: QCOW2Writer) throws -> (CryptDevice, [Int: String], ESPBuilder) {
+        let profile = request.profile, timestamp = request.sourceDateEpoch
+        // 2. The raw disk with its GPT.
+        progress.step("writing the GPT (\(readableSize(layout.diskSize)) disk)")
+        let rawPath = scratch.file("disk.raw")
+        let disk = try RawFile(creating: rawPath, size: layout.diskSize)
+        try GPTWriter(path: rawPath).write(diskGUID: ids.disk, partitions: [
+            GPTPartition(firstLBA: layout.espFirstLBA, lastLBA: layout.espLastLBA, type: KnownGUID.espType, guid: ids.esp, name: "esp"),
+            GPTPartition(firstLBA: layout.rootFirstLBA, lastLBA: layout.rootLastLBA, type: KnownGUID.rootX86_64Type, guid: ids.root, name: "root-x86-64"),
+        ])
+        FaultInjection.checkpoint("gpt written")
+
+        // 3. The ESP with GRUB.
+        progress.step("building the EFI system partition with GRUB")
+        let grubPath = scratch.file("BOOTX64.EFI")
+        try GrubImage.buildStandalone(output: grubPath,
+                                      config: GrubImage.embeddedConfig(luksUUID: luksUUID, rootFilesystemUUID: ext4UUID.description),
+                                      scratch: scratch.path, timestamp: timestamp)
+        let espPath = scratch.file("esp.fat")
+        let esp = ESPBuilder(volumeID: ids.fat)
+        try esp.build(path: espPath, size: layout.espSize, files: [("EFI/BOOT/BOOTX64.EFI", grubPath)], timestamp: timestamp)
+        try RawFile(path: espPath, writable: false).copyData(in: 0..<layout.espSize, to: disk, at: layout.espOffset)
+        FaultInjection.checkpoint("esp written")
+
+        // 4. The LUKS2 header (libcryptsetup) and its keyslots.
+        progress.step("formatting LUKS2 (aes-xts-plain64, 4096-byte sectors, PBKDF2 \(profile.pbkdf2Iterations) iterations)")
+        let headerPath = scratch.file("luks.header")
+        _ = try RawFile(creating: headerPath, size: layout.rootSize)
+        let luks = try CryptDevice(path: headerPath)
+        try luks.format(volumeKey: volumeKey, uuid: luksUUID, dataOffset: LUKSLayout.headerSize,
+                        sectorSize: LUKSLayout.sectorSize, label: nil)
+        let mainSlot = try luks.addKeyslot(volumeKey: volumeKey, passphrase: passphrase.secret, iterations: profile.pbkdf2Iterations)
+        var roles = [mainSlot: request.passphrase == nil ? "generated" : "given"]
+        if let recovery = request.recoveryPassphrase {
+            progress.step("adding the recovery keyslot (PBKDF2 \(profile.recoveryPbkdf2Iterations) iterations)")
+            roles[try luks.addKeyslot(volumeKey: volumeKey, passphrase: recovery.secret, iterations: profile.recoveryPbkdf2Iterations)] = "recovery"
+        }
+        if let keyfile = request.initramfsKeyfile { roles[try keyfile.addKeyslot(to: luks, volumeKey: volumeKey)] = "keyfile" }
+        let header = try RawFile(path: headerPath, writable: true)
+        for range in try luks.unusedKeyslotRanges() {
+            let noise = try randomBytes(Int(range.count))
+            try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
+        }
+        try header.copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
+        FaultInjection.checkpoint("luks header written")
+
+        // Into the QCOW2: the GPT, the ESP and the whole header area (rotate rewrites it in place).
+        let headerArea = layout.rootOffset..<(layout.rootOffset + LUKSLayout.headerSize)
+        try qcow.copy(from: disk, ranges: try QCOW2Writer.nonZeroRanges(of: disk, excluding: headerArea) + [headerArea])
+        return (luks, roles, esp)
     }
 
     /// Refuses early, with the shortfall, a tree that cannot fit (mke2fs's own failure is the backstop).

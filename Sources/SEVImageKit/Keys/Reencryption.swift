@@ -218,6 +218,7 @@ public struct Reencryption {
         progress.step("re-encrypting \(readableSize(total)) of allocated data into a new QCOW2")
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
                                  target: output, progress: progress.meter("re-encrypting", total: total))
+        try output.finish()
         let imageSHA = hex(try output.hashWhileSyncing())
         unlink(headerPath)
         // The new file takes the original's mode and, where allowed, its owner (a VM manager may own the image).

@@ -61,8 +61,10 @@ public enum Crypto {
 }
 
 extension Crypto {
-    /// SHA-256 (or SHA-384) of a file, read in 1 MiB pieces.
-    public static func hashFile(_ path: String, sha384: Bool = false) throws -> [UInt8] {
+    /// SHA-256 (or SHA-384) of a file, read in 1 MiB pieces. `readableUpTo(offset)`, if given, is asked before
+    /// each read and returns how far the file may be read from `offset` (more than `offset`; it may wait until
+    /// the bytes there are final), so that a file still being completed can be hashed behind its writers.
+    public static func hashFile(_ path: String, sha384: Bool = false, readableUpTo: ((UInt64) -> UInt64)? = nil) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw GeneralError.io("open", path: path, errno: errno) }
         defer { close(fd) }
@@ -70,12 +72,16 @@ extension Crypto {
         defer { EVP_MD_CTX_free(ctx) }
         guard EVP_DigestInit_ex(ctx, sha384 ? EVP_sha384() : EVP_sha256(), nil) == 1 else { throw Failure.openssl("digest init") }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var position: UInt64 = 0
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            let limit = readableUpTo?(position) ?? .max
+            let count = Int(min(UInt64(buffer.count), limit - position))
+            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(position)) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { throw GeneralError.io("read", path: path, errno: errno) }
             if n == 0 { break }
             guard EVP_DigestUpdate(ctx, buffer, n) == 1 else { throw Failure.openssl("digest update") }
+            position += UInt64(n)
         }
         var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0

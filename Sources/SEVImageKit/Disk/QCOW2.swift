@@ -63,6 +63,21 @@ public final class QCOW2Image {
         var table = [UInt8](repeating: 0, count: Int(l1Size * 8))
         try table.withUnsafeMutableBytes { try file.read(into: $0, at: l1Offset) }
         l1 = (0..<Int(l1Size)).map { table.be64(at: $0 * 8) }
+        // The refcount table and its blocks must lie inside the file: sevimage and qemu-img write them at the
+        // end, so a cut-off copy shows here first.
+        let refcountOffset = header.be64(at: 48), refcountClusters = UInt64(header.be32(at: 56))
+        guard refcountOffset % clusterSize == 0, refcountClusters <= fileSize / clusterSize, refcountOffset <= fileSize,
+              refcountClusters * clusterSize <= fileSize - refcountOffset else {
+            throw DiskError.notAnImage(path, "its refcount table is damaged or truncated")
+        }
+        var refcounts = [UInt8](repeating: 0, count: Int(refcountClusters * clusterSize))
+        try refcounts.withUnsafeMutableBytes { try file.read(into: $0, at: refcountOffset) }
+        for index in 0..<refcounts.count / 8 {
+            let block = refcounts.be64(at: index * 8)
+            guard block == 0 || (block % clusterSize == 0 && block <= fileSize - clusterSize) else {
+                throw DiskError.notAnImage(path, "a refcount block lies outside the file (truncated?)")
+            }
+        }
     }
 
     /// Where guest offset `offset` lives in the host file: nil for unallocated or zero clusters.

@@ -57,7 +57,9 @@ public final class TemporaryDirectory {
     }
 }
 
-/// Stops children and removes registered paths on SIGINT, SIGTERM and SIGHUP, then exits 130/143/129.
+/// Stops children and removes registered paths on SIGINT, SIGTERM and SIGHUP, then exits 130/143/129:
+/// with `_exit`, because `exit` would run the process's global destructors while worker threads (mke2fs's
+/// waiter, the encryption) still run, and one of them could crash on what was torn down.
 public func installSignalHandlers() {
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         signal(sig, SIG_IGN)
@@ -67,7 +69,7 @@ public func installSignalHandlers() {
             ChildProcesses.shared.terminateAll()
             Cleanup.shared.removeAll()
             Console.error("interrupted by signal \(sig); partial outputs were removed")
-            exit(128 + sig)
+            _exit(128 + sig)
         }
         source.resume()
         SignalSources.keep.append(source)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Benchmark: `sevimage create` against the offline pipeline that `systemd-repart --offline` and mkosi use.
 #
-#   benchmarks/create-vs-pipeline.sh [--data "256M 1G"] [--disks "8G 16G"] [--workdir DIR]
+#   benchmarks/create-vs-pipeline.sh [--data "256M 1G"] [--disks "8G 16G"] [--runs N] [--workdir DIR]
 #                                    [--sevimage PATH] [--keep] [--no-drop-caches]
 #
 # For every data size it generates a root tree (a realistic mix of many small files and a few large
@@ -20,6 +20,9 @@
 #         sync root.qcow2          (sevimage fsyncs its outputs; so does the pipeline here, timed)
 #       PART is the size of the root partition that sevimage gives the same disk.
 #
+# Each build runs --runs times (default 3), alternating sevimage and the pipeline; the report gives the
+# median of each (and the ratios of the medians), because single runs of cold-cache work on a shared
+# machine vary by 20% or more.
 # The page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches, needs root) before each build.
 # Printed per build: wall time, output size (file length and blocks on disk), peak memory (GNU time's
 # "Maximum resident set size": for sevimage the largest of it and its children; for the pipeline the
@@ -37,6 +40,7 @@ data_sizes="256M 1G"
 disk_sizes="8G 16G"
 workdir="$here/.cache/benchmark"
 sevimage=""
+runs=3
 keep=0
 drop=1
 
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --data) data_sizes=$2; shift 2 ;;
         --disks) disk_sizes=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
         --workdir) workdir=$2; shift 2 ;;
         --sevimage) sevimage=$2; shift 2 ;;
         --keep) keep=1; shift ;;
@@ -139,7 +144,7 @@ timed() {
 }
 
 results=$workdir/results.tsv
-printf 'data\tdisk\tbuilder\tseconds\tbytes\tallocated\tpeak_kib\tdata_bytes\n' > "$results"
+printf 'data\tdisk\trun\tbuilder\tseconds\tbytes\tallocated\tpeak_kib\tdata_bytes\n' > "$results"
 
 for data in $data_sizes; do
     tree=$workdir/run/tree-$data
@@ -150,26 +155,29 @@ for data in $data_sizes; do
     data_bytes=$(find "$tree" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
     say "tree: $files files + /boot, $data_bytes bytes"
     for disk in $disk_sizes; do
+      for run in $(seq "$runs"); do
         out=$workdir/run/$data-$disk
         mkdir -p "$out"
 
         # (a) sevimage create
         drop_caches
-        say "sevimage create: $data in $disk"
+        say "sevimage create: $data in $disk (run $run of $runs)"
+        rm -f "$out"/sevimage.*
         : > "$out/sevimage.record"
         timed "$out/sevimage.record" "$out/sevimage.log" "$sevimage" create --rootfs "$tree" \
             --output "$out/sevimage.qcow2" --size "$disk" --passphrase-file "$key" --json
         read -r s_sec s_kib < "$out/sevimage.record"
         s_bytes=$(stat -c %s "$out/sevimage.qcow2")
         s_alloc=$(( $(stat -c %b "$out/sevimage.qcow2") * 512 ))
-        printf '%s\t%s\tsevimage\t%s\t%s\t%s\t%s\t%s\n' "$data" "$disk" "$s_sec" "$s_bytes" "$s_alloc" "$s_kib" "$data_bytes" >> "$results"
+        printf '%s\t%s\t%s\tsevimage\t%s\t%s\t%s\t%s\t%s\n' "$data" "$disk" "$run" "$s_sec" "$s_bytes" "$s_alloc" "$s_kib" "$data_bytes" >> "$results"
         # The root partition sevimage made for this disk, in bytes.
         part=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); p=[p for p in m["partitions"] if p["role"]=="root"][0]; print((p["lastLBA"]-p["firstLBA"]+1)*512)' "$out/sevimage.manifest.json")
         rm -f "$out/sevimage.qcow2"
 
         # (b) the offline pipeline
         drop_caches
-        say "pipeline: $data in $disk (root partition $part bytes)"
+        say "pipeline: $data in $disk (root partition $part bytes, run $run of $runs)"
+        rm -f "$out"/pipeline.*
         : > "$out/pipeline.record"
         truncate -s "$part" "$out/root.img"
         timed "$out/pipeline.record" "$out/pipeline.log" mkfs.ext4 -q -F -b 4096 -d "$tree" "$out/root.img" "$(( (part - (32 << 20)) >> 10 ))k"
@@ -181,42 +189,51 @@ for data in $data_sizes; do
         read -r p_sec p_kib < <(awk '{ s += $1; if ($2 > m) m = $2 } END { print s, m }' "$out/pipeline.record")
         p_bytes=$(stat -c %s "$out/pipeline.qcow2")
         p_alloc=$(( $(stat -c %b "$out/pipeline.qcow2") * 512 ))
-        printf '%s\t%s\tpipeline\t%s\t%s\t%s\t%s\t%s\n' "$data" "$disk" "$p_sec" "$p_bytes" "$p_alloc" "$p_kib" "$data_bytes" >> "$results"
+        printf '%s\t%s\t%s\tpipeline\t%s\t%s\t%s\t%s\t%s\n' "$data" "$disk" "$run" "$p_sec" "$p_bytes" "$p_alloc" "$p_kib" "$data_bytes" >> "$results"
         rm -f "$out/root.img" "$out/pipeline.qcow2"
+      done
     done
     [ "$keep" = 1 ] || rm -rf "$tree"
 done
 
 # The report.
 python3 - "$results" <<'EOF'
-import csv, sys
+import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-def mib(n): return "%.1f MiB" % (int(n) / 2**20)
-print("%-6s %-5s %-9s %9s %12s %12s %11s %9s" % ("data", "disk", "builder", "seconds", "file", "on disk", "peak RSS", "size/data"))
-for r in rows:
-    print("%-6s %-5s %-9s %9.2f %12s %12s %11s %8.3fx" % (r["data"], r["disk"], r["builder"], float(r["seconds"]),
-          mib(r["bytes"]), mib(r["allocated"]), mib(int(r["peak_kib"]) * 1024), int(r["bytes"]) / int(r["data_bytes"])))
+def mib(n): return "%.1f MiB" % (n / 2**20)
+# One line per (data, disk, builder): the median of its runs (time, size), the largest peak memory, the range of times.
+groups = {}
+for r in rows: groups.setdefault((r["data"], r["disk"], r["builder"]), []).append(r)
+by = {}
+print("%-6s %-5s %-9s %4s %9s %13s %12s %12s %11s %9s" % ("data", "disk", "builder", "runs", "median s", "range s", "file", "on disk", "peak RSS", "size/data"))
+for key, runs in groups.items():
+    seconds = [float(r["seconds"]) for r in runs]
+    m = {"seconds": statistics.median(seconds), "bytes": statistics.median(int(r["bytes"]) for r in runs),
+         "allocated": statistics.median(int(r["allocated"]) for r in runs), "peak": max(int(r["peak_kib"]) for r in runs) * 1024,
+         "data": int(runs[0]["data_bytes"])}
+    by[key] = m
+    print("%-6s %-5s %-9s %4d %9.2f %13s %12s %12s %11s %8.3fx" % (key[0], key[1], key[2], len(runs), m["seconds"],
+          "%.2f-%.2f" % (min(seconds), max(seconds)), mib(m["bytes"]), mib(m["allocated"]), mib(m["peak"]), m["bytes"] / m["data"]))
 print()
-by = {(r["data"], r["disk"], r["builder"]): r for r in rows}
 datas = list(dict.fromkeys(r["data"] for r in rows)); disks = list(dict.fromkeys(r["disk"] for r in rows))
 verdicts = []
 for d in datas:
     for k in disks:
         s, p = by.get((d, k, "sevimage")), by.get((d, k, "pipeline"))
         if s and p:
-            ratio = float(s["seconds"]) / float(p["seconds"])
-            print("%s in %s: time sevimage/pipeline %.3f  size sevimage/pipeline %.4f" % (d, k, ratio, int(s["bytes"]) / int(p["bytes"])))
+            ratio = s["seconds"] / p["seconds"]
+            print("%s in %s: time sevimage/pipeline %.3f  size sevimage/pipeline %.4f  (medians)" % (d, k, ratio, s["bytes"] / p["bytes"]))
             if d == "1G" and k == "8G": verdicts.append(("time <= 0.1x pipeline (1G in 8G)", ratio <= 0.1))
     for b in ("sevimage", "pipeline"):
         if len(disks) >= 2:
             a, z = by.get((d, disks[0], b)), by.get((d, disks[-1], b))
             if a and z:
-                t, n = float(z["seconds"]) / float(a["seconds"]), int(z["bytes"]) / int(a["bytes"])
+                t, n = z["seconds"] / a["seconds"], z["bytes"] / a["bytes"]
                 print("%s %s: %s/%s time %.3f  size %.4f" % (b, d, disks[-1], disks[0], t, n))
                 if b == "sevimage": verdicts.append(("%s: doubling the disk changes time and size < 10%%" % d, abs(t - 1) < 0.1 and abs(n - 1) < 0.1))
-sev = [r for r in rows if r["builder"] == "sevimage"]
-verdicts.append(("QCOW2 <= 1.15x data", all(int(r["bytes"]) <= 1.15 * int(r["data_bytes"]) for r in sev)))
-verdicts.append(("peak memory < 256 MiB", all(int(r["peak_kib"]) < 256 * 1024 for r in sev)))
+sev = [v for k, v in by.items() if k[2] == "sevimage"]
+verdicts.append(("QCOW2 <= 1.15x data", all(v["bytes"] <= 1.15 * v["data"] for v in sev)))
+verdicts.append(("peak memory < 256 MiB", all(v["peak"] < 256 * 2**20 for v in sev)))
 print()
 for name, ok in verdicts: print("%-55s %s" % (name, "met" if ok else "NOT MET"))
 EOF

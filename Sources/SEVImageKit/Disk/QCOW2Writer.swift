@@ -289,15 +289,6 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
         }
         return ranges
     }
-
-    /// Plaintext regions as `DataEncryption.run` writes them (whole sectors, at most `limit`), moved by `offset`.
-    public static func sectorRanges(_ regions: [Range<UInt64>], limit: UInt64, offset: UInt64) -> [Range<UInt64>] {
-        let sector = UInt64(LUKSLayout.sectorSize)
-        return regions.map {
-            let start = $0.lowerBound / sector * sector, end = min(limit, ($0.upperBound + sector - 1) / sector * sector)
-            return (offset + start)..<(offset + max(start, end))
-        }
-    }
 }
 
 /// Something guest bytes can be written to by offset: a raw disk file or a QCOW2 being written.

@@ -133,14 +133,14 @@ final class RootEncryption: @unchecked Sendable {
         }
         try target.finish()
 
-        let hostClusters = dataClusters.keys.map { chunk in (chunk, self.hostClusters(chunk)) }
-            .sorted { ($0.1.first ?? 0) < ($1.1.first ?? 0) }
-        let settled = SettledClusters(fileSize: target.fileSize!, clusterSize: target.clusterSize,
-                                      pending: hostClusters.flatMap(\.1))
+        // Chunks in the order of their first cluster in the file (memory: two words per chunk, whatever the size).
+        let order = dataClusters.keys.map { ($0, hostClusters($0).first ?? 0) }.sorted { $0.1 < $1.1 }.map(\.0)
+        let settled = SettledClusters(fileSize: target.fileSize!, clusterSize: target.clusterSize)
+        for chunk in order { settled.markPending(hostClusters(chunk)) }
         let hashing = BackgroundWork("sevimage image hash") { [target] in
             try Crypto.hashFile(target.path, readableUpTo: settled.readableUpTo)
         }
-        let queue = ChunkQueue(hostClusters.map(\.0))
+        let queue = WorkQueue(order)
         let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             do {
@@ -266,27 +266,6 @@ final class RootEncryption: @unchecked Sendable {
     }
 }
 
-private final class ChunkQueue: @unchecked Sendable {
-    private let lock = NSLock()
-    private let chunks: [Int]
-    private var index = 0
-    private var done: UInt64 = 0
-    private(set) var error: Error?
-
-    init(_ chunks: [Int]) { self.chunks = chunks }
-
-    func next() -> Int? {
-        lock.withLock {
-            guard error == nil, index < chunks.count else { return nil }
-            defer { index += 1 }
-            return chunks[index]
-        }
-    }
-
-    func finished(_ bytes: UInt64) -> UInt64 { lock.withLock { done += bytes; return done } }
-    func fail(_ error: Error) { lock.withLock { if self.error == nil { self.error = error } } }
-}
-
 /// Which host clusters of a file being completed are final, for a reader that follows the writers in file order.
 private final class SettledClusters: @unchecked Sendable {
     private let condition = NSCondition()
@@ -295,11 +274,18 @@ private final class SettledClusters: @unchecked Sendable {
     private var abandoned = false
     private let clusterSize: UInt64
 
-    init(fileSize: UInt64, clusterSize: UInt64, pending clusters: [UInt64]) {
+    init(fileSize: UInt64, clusterSize: UInt64) {
         self.clusterSize = clusterSize
         pending = [Bool](repeating: false, count: Int((fileSize + clusterSize - 1) / clusterSize))
-        for cluster in clusters { pending[Int(cluster)] = true }
-        advance()
+        firstPending = pending.count
+    }
+
+    /// Marks clusters as not final yet (before the reader starts).
+    func markPending(_ clusters: [UInt64]) {
+        condition.withLock {
+            for cluster in clusters { pending[Int(cluster)] = true }
+            firstPending = min(firstPending, clusters.map { Int($0) }.min() ?? firstPending)
+        }
     }
 
     private func advance() {

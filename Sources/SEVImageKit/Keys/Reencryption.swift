@@ -214,7 +214,7 @@ public struct Reencryption {
         try headerBytes.withUnsafeBytes { try output.write($0, at: area.rootOffset) }
         let dataStart = area.rootOffset + LUKSLayout.headerSize
         let data = intersect(allocated, [dataStart..<root.upperBound])
-        let total = DataEncryption.totalBytes(data)
+        let total = data.reduce(UInt64(0)) { $0 + UInt64($1.count) }
         progress.step("re-encrypting \(readableSize(total)) of allocated data into a new QCOW2")
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
                                  target: output, progress: progress.meter("re-encrypting", total: total))
@@ -289,7 +289,7 @@ enum DataReencryption {
                 start = stop
             }
         }
-        let queue = ChunkQueue(chunks)
+        let queue = WorkQueue(chunks)
         let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             do {
@@ -317,8 +317,7 @@ enum DataReencryption {
                             offset += Int(sector)
                         }
                     }
-                    queue.finished(chunk.count)
-                    progress?(queue.done)
+                    progress?(queue.finished(UInt64(chunk.count)))
                 }
             } catch {
                 queue.fail(error)
@@ -335,26 +334,4 @@ enum DataReencryption {
         }
         return true
     }
-}
-
-private final class ChunkQueue: @unchecked Sendable {
-    private let lock = NSLock()
-    private let chunks: [Range<UInt64>]
-    private var index = 0
-    private var bytes: UInt64 = 0
-    private(set) var error: Error?
-
-    init(_ chunks: [Range<UInt64>]) { self.chunks = chunks }
-
-    func next() -> Range<UInt64>? {
-        lock.withLock {
-            guard error == nil, index < chunks.count else { return nil }
-            defer { index += 1 }
-            return chunks[index]
-        }
-    }
-
-    func finished(_ count: Int) { lock.withLock { bytes += UInt64(count) } }
-    var done: UInt64 { lock.withLock { bytes } }
-    func fail(_ error: Error) { lock.withLock { if self.error == nil { self.error = error } } }
 }

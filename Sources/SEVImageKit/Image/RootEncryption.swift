@@ -2,8 +2,7 @@ import Foundation
 
 /// Encrypts the root filesystem into the QCOW2 while mke2fs is still writing it, then makes the result exact.
 ///
-/// Writing the encrypted image to disk is what bounds `create` (about as long as mke2fs itself takes), so it
-/// starts early: a follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB
+/// Encrypting the root and writing it to disk take about as long as mke2fs itself, so they start early: a follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB
 /// chunk once its data stops growing, straight into newly allocated QCOW2 clusters, which the kernel starts
 /// writing out at once (QCOW2Writer). This is speculative: mke2fs may still change a chunk afterwards (inode
 /// tables and bitmaps are rewritten until it closes, debugfs edits a few blocks, a read may even race with a
@@ -91,12 +90,7 @@ final class RootEncryption: @unchecked Sendable {
                     return previous == dataBytes
                 }
                 guard stable else { continue }
-                let mask = clusterMask(chunk: chunk, extents: try plaintext.dataExtents(in: chunkRange(chunk)))
-                let start = targetOffset + chunkRange(chunk).lowerBound
-                for bit in 0..<16 where mask & (1 << UInt16(bit)) != 0 {
-                    let cluster = start + UInt64(bit) * target.clusterSize
-                    target.allocate(cluster..<(cluster + target.clusterSize))
-                }
+                allocate(chunk, clusterMask(chunk: chunk, extents: try plaintext.dataExtents(in: chunkRange(chunk))))
                 try worker.encrypt(chunk: chunk, from: plaintext, compare: false)
                 lock.withLock { seen[chunk] = Self.written }
             }
@@ -124,13 +118,7 @@ final class RootEncryption: @unchecked Sendable {
         }
         let ahead = Set(lock.withLock { seen.indices.filter { seen[$0] == Self.written } })
         for chunk in ahead where dataClusters[chunk] == nil { dataClusters[chunk] = 0 }
-        for (chunk, mask) in dataClusters.sorted(by: { $0.key < $1.key }) {
-            let start = targetOffset + chunkRange(chunk).lowerBound
-            for bit in 0..<16 where mask & (1 << UInt16(bit)) != 0 {
-                let cluster = start + UInt64(bit) * target.clusterSize
-                target.allocate(cluster..<(cluster + target.clusterSize))
-            }
-        }
+        for (chunk, mask) in dataClusters.sorted(by: { $0.key < $1.key }) { allocate(chunk, mask) }
         try target.finish()
 
         // Chunks in the order of their first cluster in the file (memory: two words per chunk, whatever the size).
@@ -198,6 +186,15 @@ final class RootEncryption: @unchecked Sendable {
             }
         }
         return bytes.keys.sorted().map { ($0, UInt32(bytes[$0]!)) }
+    }
+
+    /// Gives the chunk's clusters in `mask` (bit i: the i-th) clusters in the QCOW2, if they have none yet.
+    private func allocate(_ chunk: Int, _ mask: UInt16) {
+        let start = targetOffset + chunkRange(chunk).lowerBound
+        for bit in 0..<16 where mask & (1 << UInt16(bit)) != 0 {
+            let cluster = start + UInt64(bit) * target.clusterSize
+            target.allocate(cluster..<(cluster + target.clusterSize))
+        }
     }
 
     /// Bit i set: the chunk's i-th cluster holds some of `extents`.

@@ -70,8 +70,7 @@ struct RootEncryptionTests {
         let expected = try Data(contentsOf: URL(fileURLWithPath: plainPath))
         for range in allocated {
             let bounds = Int(range.lowerBound)..<Int(range.upperBound)
-            let same = clear[bounds] == expected[bounds]  // a Bool: a failed expectation on Data would diff megabytes
-            #expect(same, "cluster range \(range) does not decrypt to the final plaintext")
+            #expect(sameBytes(clear[bounds], expected[bounds]), "cluster range \(range) does not decrypt to the final plaintext")
         }
         // The emptied chunk kept its clusters (they were written ahead) and decrypts to its zeros.
         #expect(allocated.contains { $0.contains(3 * Self.mib) })

@@ -114,3 +114,7 @@ func hasTool(_ name: String) -> Bool {
 
 /// The Python interpreter that has the test oracles' packages (`cryptography`, `sev-snp-measure`).
 let python3: String = ProcessInfo.processInfo.environment["SEVIMAGE_PYTHON"] ?? "python3"
+
+/// Byte equality for `#expect`: a failed `#expect(a == b)` on two large `Data` makes Swift Testing compute
+/// their difference, which takes minutes for megabytes that differ throughout (a hung run, not a failure).
+func sameBytes(_ a: Data, _ b: Data) -> Bool { a == b }

@@ -29,13 +29,6 @@ public final class TreePrefetch: @unchecked Sendable {
         thread.start()
     }
 
-    /// Runs `body` (mke2fs) with the tree being prefetched, and stops the prefetch when it returns or throws.
-    public static func during<T>(directory: String, _ body: () throws -> T) rethrows -> T {
-        let prefetch = TreePrefetch(directory: directory)
-        defer { prefetch.finish() }
-        return try body()
-    }
-
     /// Stops the walk (if still running) and waits for the thread to end.
     public func finish() {
         lock.withLock { stopped = true }

@@ -23,7 +23,14 @@ public final class Cleanup: @unchecked Sendable {
         }
         for path in pending.reversed() {
             WorkDirectory.finish(path)
-            try? FileManager.default.removeItem(atPath: path)
+            // Another thread may still be creating a file in a work directory (until it notices the interruption),
+            // which makes one removal pass fail on a directory that is not empty: try again a few times.
+            for attempt in 0..<10 {
+                try? FileManager.default.removeItem(atPath: path)
+                var info = stat()
+                if lstat(path, &info) != 0 { break }
+                if attempt < 9 { usleep(20_000) }
+            }
         }
     }
 }

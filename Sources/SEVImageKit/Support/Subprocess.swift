@@ -68,8 +68,12 @@ public struct ExternalTool: Sendable {
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
         process.standardInput = input == nil ? FileHandle.nullDevice : stdinPipe
+        // Once a signal handler is cleaning up, no new child: it could write into what is being removed.
+        guard !Interruption.isInterrupted else { throw GeneralError.interrupted }
         try process.run()
         ChildProcesses.shared.add(process.processIdentifier)
+        // A handler that took its list of children just before this one was added has missed it.
+        if Interruption.isInterrupted { kill(process.processIdentifier, SIGKILL) }
         defer { ChildProcesses.shared.remove(process.processIdentifier) }
         if let input {
             // Write from another thread so a child that fills its stdout first cannot deadlock us.

@@ -17,18 +17,23 @@ public struct Ext4Builder {
         self.timestamp = timestamp
     }
 
-    /// Creates `path` (`size` bytes, sparse) holding `tree`, then runs the `debugfs` commands.
-    ///
-    /// Inode tables and the journal are left to read as zeros (`lazy_itable_init`, `lazy_journal_init`):
-    /// the file is new, so its holes are zeros; the encryption step writes them as encrypted zeros.
-    public func build(path: String, size: UInt64, tree: String, debugfsCommands: [String]) throws {
-        let blocks = size / UInt64(blockSize)
+    /// The environment of mke2fs and debugfs.
+    private var environment: [String: String] {
         var environment: [String: String] = ["MKE2FS_CONFIG": "/dev/null"]
         if let timestamp { environment["E2FSPROGS_FAKE_TIME"] = String(timestamp) }
         if let noSync = Self.noSyncLibrary {
             let inherited = ProcessInfo.processInfo.environment["LD_PRELOAD"].map { " " + $0 } ?? ""
             environment["LD_PRELOAD"] = noSync + inherited
         }
+        return environment
+    }
+
+    /// `mke2fs -d`: creates `path` (`size` bytes, sparse) holding `tree`.
+    ///
+    /// Inode tables and the journal are left to read as zeros (`lazy_itable_init`, `lazy_journal_init`):
+    /// the file is new, so its holes are zeros (RootEncryption explains why they need no encryption).
+    public func makeFilesystem(path: String, size: UInt64, tree: String) throws {
+        let blocks = size / UInt64(blockSize)
         let created = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard created >= 0 else { throw GeneralError.io("create", path: path, errno: errno) }
         guard ftruncate(created, off_t(size)) == 0 else {
@@ -51,17 +56,20 @@ public struct Ext4Builder {
         } catch GeneralError.toolFailed(_, _, let stderr) where stderr.contains("Could not allocate block") || stderr.contains("No space left") {
             throw ImageBuildError.treeTooLarge(partition: size)
         }
+    }
+
+    /// `debugfs -w`: applies what the tree could not carry (and, with a timestamp, fixes every inode's times).
+    public func edit(path: String, tree: String, debugfsCommands: [String]) throws {
         let debugfsCommands = (timestamp.map { Self.normalizedTimes(tree: tree, epoch: $0) } ?? []) + debugfsCommands
-        if !debugfsCommands.isEmpty {
-            let script = path + ".debugfs"
-            try Data((debugfsCommands.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: script))
-            defer { unlink(script) }
-            let output = try ExternalTool.debugfs.run(["-w", "-f", script, path], environment: environment)
-            // debugfs reports failed commands on stderr but still exits 0.
-            let problems = output.stderrText.split(separator: "\n").filter { !$0.hasPrefix("debugfs ") && !$0.isEmpty }
-            if let first = problems.first {
-                throw GeneralError.toolFailed("debugfs", status: 0, stderr: String(first))
-            }
+        guard !debugfsCommands.isEmpty else { return }
+        let script = path + ".debugfs"
+        try Data((debugfsCommands.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: script))
+        defer { unlink(script) }
+        let output = try ExternalTool.debugfs.run(["-w", "-f", script, path], environment: environment)
+        // debugfs reports failed commands on stderr but still exits 0.
+        let problems = output.stderrText.split(separator: "\n").filter { !$0.hasPrefix("debugfs ") && !$0.isEmpty }
+        if let first = problems.first {
+            throw GeneralError.toolFailed("debugfs", status: 0, stderr: String(first))
         }
     }
 }

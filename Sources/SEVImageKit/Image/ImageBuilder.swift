@@ -71,19 +71,9 @@ public struct ImageBuilder {
             throw GeneralError.invalidArgument("profile \(profile.name) adds a recovery keyslot: give its passphrase with --recovery-passphrase-file")
         }
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
+        let ext4Size = layout.rootSize - LUKSLayout.headerSize
         let scratch = try TemporaryDirectory(near: request.output)
         try PublishJournal.begin(in: scratch.path)
-        // A directory's files are read into the page cache ahead of mke2fs from now on (the checks walk it too);
-        // a tarball is extracted into the scratch directory, which leaves its files cached anyway.
-        var isDirectory: ObjCBool = false
-        let prefetch = FileManager.default.fileExists(atPath: request.rootfs, isDirectory: &isDirectory) && isDirectory.boolValue
-            ? TreePrefetch(directory: request.rootfs) : nil
-        defer { prefetch?.finish() }
-        let tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
-        let ext4Size = layout.rootSize - LUKSLayout.headerSize
-        try checkFits(tree: tree, ext4Size: ext4Size)
-        FaultInjection.checkpoint("root tree prepared")
-
         let ids = Identities(seed: request.seed)
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
         let luksUUID = try ids.guid("luks"), ext4UUID = try ids.guid("ext4"), hashSeed = try ids.guid("ext4-hash-seed")
@@ -93,50 +83,67 @@ public struct ImageBuilder {
         let luksUUIDText = luksUUID.description.uppercased()
         let timestamp = request.sourceDateEpoch
 
-        // 1. The root filesystem, in the clear, in its own sparse file.
-        var commands = tree.debugfsCommands
-        let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
-        if !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub/grub.cfg") {
-            let cfg = GrubRootConfig(kernel: kernel, initrd: initrd,
-                                     commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUIDText) \(profile.kernelCommandLine)",
-                                     timeout: profile.grubTimeout)
-            let cfgPath = scratch.file("grub.cfg")
-            try Data(cfg.text.utf8).write(to: URL(fileURLWithPath: cfgPath))
-            commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
-                                       makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
+        // 1. The root filesystem, in the clear, in its own sparse file: `mke2fs -d` runs in the background,
+        // and its output is encrypted into the QCOW2 as it is written (RootEncryption). A directory goes to
+        // mke2fs at once, while this thread checks it (a failed check stops mke2fs), and its files are read
+        // ahead into the page cache; a tarball is extracted first (which leaves its files cached anyway).
+        let ext4Path = scratch.file("root.ext4")
+        var mke2fs: BackgroundWork<Void>?
+        func startMke2fs(_ directory: String) -> BackgroundWork<Void> {
+            BackgroundWork("sevimage mke2fs") {
+                try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
+                    .makeFilesystem(path: ext4Path, size: ext4Size, tree: directory)
+            }
         }
-        if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUIDText) }
+        func abandonMke2fs() {
+            ChildProcesses.shared.terminateAll()
+            _ = mke2fs?.wait()
+        }
+        var isDirectory: ObjCBool = false
+        let sourceDirectory = FileManager.default.fileExists(atPath: request.rootfs, isDirectory: &isDirectory) && isDirectory.boolValue
+            ? realpath(request.rootfs, nil).map { pointer in defer { free(pointer) }; return String(cString: pointer) } : nil
+        let prefetch = sourceDirectory.map { TreePrefetch(directory: $0) }
+        defer { prefetch?.finish() }
+        mke2fs = sourceDirectory.map(startMke2fs)
+        let tree: PreparedRootTree, commands: [String]
+        do {
+            tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
+            try checkFits(tree: tree, ext4Size: ext4Size)
+            if tree.directory != sourceDirectory {  // a tarball's extraction, or a tree that moved under us
+                abandonMke2fs()
+                if sourceDirectory != nil { unlink(ext4Path) }
+                mke2fs = startMke2fs(tree.directory)
+            }
+            commands = try debugfsCommands(tree: tree, scratch: scratch, ext4UUID: ext4UUID, luksUUID: luksUUIDText)
+        } catch {
+            abandonMke2fs()
+            throw error
+        }
+        FaultInjection.checkpoint("root tree prepared")
+
         let passphrase = try request.passphrase ?? Passphrase.generate()
         let volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
         let qcowPath = scratch.file("image.qcow2")
         let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize)
         let dataStart = layout.rootOffset + LUKSLayout.headerSize
-
-        // 1. The root filesystem, in the clear, in its own sparse file: mke2fs runs in the background while
-        // this thread builds the rest, and its output is encrypted into the QCOW2 as it is written.
         progress.step("building the ext4 root filesystem (\(readableSize(ext4Size))) and encrypting it into the QCOW2")
-        let ext4Path = scratch.file("root.ext4")
         let encryption = RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow, targetOffset: dataStart)
-        let debugfsCommands = commands
-        let ext4 = BackgroundWork("sevimage mke2fs") {
-            try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
-                .build(path: ext4Path, size: ext4Size, tree: tree.directory, debugfsCommands: debugfsCommands)
-        }
         encryption.startFollowing()
         let luks: CryptDevice, roles: [Int: String], esp: ESPBuilder
         do {
             (luks, roles, esp) = try buildOuterParts(layout: layout, ids: (diskGUID, espGUID, rootGUID, fatID), luksUUID: luksUUIDText,
                                                     ext4UUID: ext4UUID, passphrase: passphrase, volumeKey: volumeKey,
                                                     scratch: scratch, into: qcow)
+            // debugfs, once mke2fs is done: the generated grub.cfg, a tarball's owners and device nodes.
+            try mke2fs!.wait().get()
+            try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
+                .edit(path: ext4Path, tree: tree.directory, debugfsCommands: commands)
         } catch {
-            ChildProcesses.shared.terminateAll()  // mke2fs or debugfs: the build is abandoned
-            _ = ext4.wait()
+            abandonMke2fs()  // the build is abandoned
             try? encryption.stopFollowing()
             throw error
         }
-        let built = ext4.wait()
         try encryption.stopFollowing()
-        try built.get()
         FaultInjection.checkpoint("ext4 built")
 
         // 5. The root's data: what the follower wrote ahead checked against the final filesystem, the rest added
@@ -206,6 +213,24 @@ public struct ImageBuilder {
                             passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,
                             virtualSize: layout.diskSize, imageBytes: imageBytes, encryptedBytes: total,
                             luksUUID: luksUUIDText, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// What debugfs adds to the root: the tree's own commands (a tarball's owners, device nodes), a generated
+    /// `/boot/grub/grub.cfg` unless the tree has one, and the initramfs key file.
+    func debugfsCommands(tree: PreparedRootTree, scratch: TemporaryDirectory, ext4UUID: GUID, luksUUID: String) throws -> [String] {
+        var commands = tree.debugfsCommands
+        let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
+        if !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub/grub.cfg") {
+            let cfg = GrubRootConfig(kernel: kernel, initrd: initrd,
+                                     commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUID) \(request.profile.kernelCommandLine)",
+                                     timeout: request.profile.grubTimeout)
+            let cfgPath = scratch.file("grub.cfg")
+            try Data(cfg.text.utf8).write(to: URL(fileURLWithPath: cfgPath))
+            commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
+                                       makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
+        }
+        if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUID) }
+        return commands
     }
 
     /// Steps 2 to 4, while mke2fs runs: the GPT, the ESP with GRUB and the LUKS2 header with its keyslots, built

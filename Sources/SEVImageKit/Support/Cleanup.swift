@@ -64,9 +64,13 @@ public final class TemporaryDirectory {
     }
 }
 
-/// Stops children and removes registered paths on SIGINT, SIGTERM and SIGHUP, then exits 130/143/129:
-/// with `_exit`, because `exit` would run the process's global destructors while worker threads (mke2fs's
-/// waiter, the encryption) still run, and one of them could crash on what was torn down.
+/// Stops children and removes registered paths on SIGINT, SIGTERM and SIGHUP, then exits 130/143/129.
+///
+/// The main thread may be in the middle of a step that works on those paths (libfdisk asserts when its
+/// file vanishes under it), so the handler first lets it reach a safe point: its children are killed, no
+/// new child starts, its step fails and it parks (`Interruption.waitIfInterrupted`); after at most two
+/// seconds the handler goes on anyway. It exits with `_exit`, because `exit` would run the process's global
+/// destructors while worker threads (mke2fs's waiter, the encryption) still run.
 public func installSignalHandlers() {
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         signal(sig, SIG_IGN)
@@ -74,6 +78,7 @@ public func installSignalHandlers() {
         source.setEventHandler {
             Interruption.begin()
             ChildProcesses.shared.terminateAll()
+            Interruption.waitUntilParked(timeout: 2)
             Cleanup.shared.removeAll()
             Console.error("interrupted by signal \(sig); partial outputs were removed")
             _exit(128 + sig)
@@ -91,6 +96,7 @@ private enum SignalSources {
 /// process (with 128 + signal), and the main thread, which may see its children die, must not race it.
 public enum Interruption {
     nonisolated(unsafe) private static var flag = false
+    nonisolated(unsafe) private static var parked = false
     private static let lock = NSLock()
 
     static func begin() { lock.withLock { flag = true } }
@@ -100,6 +106,18 @@ public enum Interruption {
     /// Called by the main thread before it exits: parks it while a signal handler finishes.
     public static func waitIfInterrupted() {
         guard isInterrupted else { return }
+        park()
+    }
+
+    /// Parks the calling thread for good, telling the signal handler it may clean up.
+    static func park() -> Never {
+        lock.withLock { parked = true }
         while true { sleep(60) }
+    }
+
+    /// The handler's wait for the main thread to park (or for `timeout` seconds).
+    static func waitUntilParked(timeout: TimeInterval) {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !lock.withLock({ parked }) && Date() < deadline { usleep(10_000) }
     }
 }

@@ -23,9 +23,8 @@ public enum FaultInjection {
         if state.verbose { Console.write("sevimage: test fault at checkpoint \(state.current) (\(name)): signal \(signal)\n") }
         kill(getpid(), signal)
         if signal == SIGKILL { _exit(128 + SIGKILL) }
-        // A catchable signal: the handler runs on another thread and exits; keep this one busy meanwhile.
-        for _ in 0..<600 { usleep(100_000) }
-        _exit(128 + signal)
+        // A catchable signal: the handler runs on another thread and exits; this one parks meanwhile.
+        Interruption.park()
     }
 
     /// How many checkpoints this process has passed.

@@ -105,7 +105,8 @@ public struct ImageBuilder {
         let prefetch = sourceDirectory.map { TreePrefetch(directory: $0) }
         defer { prefetch?.finish() }
         mke2fs = sourceDirectory.map(startMke2fs)
-        let tree: PreparedRootTree, commands: [String]
+        let tree: PreparedRootTree, commands: [String], passphrase: Passphrase, volumeKey: SecretBytes, qcow: QCOW2Writer
+        let qcowPath = scratch.file("image.qcow2")
         do {
             tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
             try checkFits(tree: tree, ext4Size: ext4Size)
@@ -115,16 +116,15 @@ public struct ImageBuilder {
                 mke2fs = startMke2fs(tree.directory)
             }
             commands = try debugfsCommands(tree: tree, scratch: scratch, ext4UUID: ext4UUID, luksUUID: luksUUIDText)
+            passphrase = try request.passphrase ?? Passphrase.generate()
+            volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
+            qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize)
         } catch {
             abandonMke2fs()
             throw error
         }
         FaultInjection.checkpoint("root tree prepared")
 
-        let passphrase = try request.passphrase ?? Passphrase.generate()
-        let volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
-        let qcowPath = scratch.file("image.qcow2")
-        let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize)
         let dataStart = layout.rootOffset + LUKSLayout.headerSize
         progress.step("building the ext4 root filesystem (\(readableSize(ext4Size))) and encrypting it into the QCOW2")
         let encryption = RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow, targetOffset: dataStart)

@@ -163,12 +163,7 @@ public final class QCOW2Image {
                 guard entry & Self.offsetMask != 0, entry & Self.zeroFlag == 0 || entry & Self.compressed != 0 else { continue }
                 let start = (UInt64(index) * l2Entries + UInt64(slot)) * clusterSize
                 guard start < virtualSize else { break }
-                let range = start..<min(virtualSize, start + clusterSize)
-                if let last = ranges.last, last.upperBound == range.lowerBound {
-                    ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
-                } else {
-                    ranges.append(range)
-                }
+                ranges.appendMerging(start..<min(virtualSize, start + clusterSize))
             }
         }
         return ranges

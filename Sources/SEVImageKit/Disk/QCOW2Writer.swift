@@ -84,12 +84,7 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
             for slot in tables.keys.sorted() {
                 for (index, host) in tables[slot]!.enumerated() where host != 0 {
                     let start = (slot * l2Entries + UInt64(index)) * clusterSize
-                    let range = start..<min(virtualSize, start + clusterSize)
-                    if let last = ranges.last, last.upperBound == range.lowerBound {
-                        ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
-                    } else {
-                        ranges.append(range)
-                    }
+                    ranges.appendMerging(start..<min(virtualSize, start + clusterSize))
                 }
             }
             return ranges
@@ -108,18 +103,7 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     /// Reads guest bytes back from their clusters (all of them must be allocated); what was never written reads as zeros.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         for piece in try hostPieces(offset, buffer.count) {
-            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[piece.range])
-            var done = 0
-            while done < part.count {
-                let n = pread(file.fd, part.baseAddress! + done, part.count - done, off_t(piece.host) + off_t(done))
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw GeneralError.io("read", path: path, errno: errno) }
-                if n == 0 {  // past the end of the file: allocated clusters not written yet
-                    part.baseAddress!.advanced(by: done).initializeMemory(as: UInt8.self, repeating: 0, count: part.count - done)
-                    break
-                }
-                done += n
-            }
+            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[piece.range]), at: piece.host, zerosPastEnd: true)
         }
     }
 
@@ -249,14 +233,9 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     /// so that the hash costs no time of its own when the flush is the slower of the two.
     public func hashWhileSyncing() throws -> [UInt8] {
         precondition(fileSize != nil, "QCOW2Writer: hash before finish")
-        let flushed = ResultBox()
-        let group = DispatchGroup()
-        DispatchQueue.global().async(group: group) { [file] in
-            do { try file.sync() } catch { flushed.set(error) }
-        }
+        let flushing = BackgroundWork("sevimage image flush") { [file] in try file.sync() }
         let digest = Result { try Crypto.hashFile(path) }
-        group.wait()
-        if let error = flushed.error { throw error }
+        try flushing.wait().get()
         return try digest.get()
     }
 
@@ -278,12 +257,7 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
                         try file.read(into: slice, at: part.lowerBound)
                         return slice.contains { $0 != 0 }
                     }
-                    guard nonZero else { continue }
-                    if let last = ranges.last, last.upperBound == part.lowerBound {
-                        ranges[ranges.count - 1] = last.lowerBound..<part.upperBound
-                    } else {
-                        ranges.append(part)
-                    }
+                    if nonZero { ranges.appendMerging(part) }
                 }
             }
         }
@@ -324,13 +298,6 @@ private final class WritebackStarter: @unchecked Sendable {
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sync_file_range") else { return nil }
         return unsafeBitCast(symbol, to: SyncFileRange.self)
     }()
-}
-
-private final class ResultBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Error?
-    func set(_ error: Error) { lock.withLock { stored = error } }
-    var error: Error? { lock.withLock { stored } }
 }
 
 public enum QCOW2WriterError: SEVImageError {

@@ -54,11 +54,16 @@ public final class RawFile: @unchecked Sendable {
         return extents
     }
 
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+    /// Reads `buffer.count` bytes at `offset`; past the end of the file that is an error, or zeros with `zerosPastEnd`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, zerosPastEnd: Bool = false) throws {
         var done = 0
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if n < 0 && errno == EINTR { continue }
+            if n == 0 && zerosPastEnd {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[done...]).initializeMemory(as: UInt8.self, repeating: 0)
+                return
+            }
             guard n > 0 else {
                 if n == 0 { throw GeneralError.io("read (unexpected end of file)", path: path, errno: EIO) }
                 throw GeneralError.io("read", path: path, errno: errno)
@@ -103,12 +108,17 @@ public final class RawFile: @unchecked Sendable {
 /// Merges overlapping or touching ranges into a sorted list.
 func mergeRanges(_ ranges: [Range<UInt64>]) -> [Range<UInt64>] {
     var merged: [Range<UInt64>] = []
-    for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) where !range.isEmpty {
-        if let last = merged.last, range.lowerBound <= last.upperBound {
-            merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+    for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) where !range.isEmpty { merged.appendMerging(range) }
+    return merged
+}
+
+extension Array where Element == Range<UInt64> {
+    /// Appends `range` (which starts no earlier than the last one), or extends the last range if they touch.
+    mutating func appendMerging(_ range: Range<UInt64>) {
+        if let last, range.lowerBound <= last.upperBound {
+            self[count - 1] = last.lowerBound..<Swift.max(last.upperBound, range.upperBound)
         } else {
-            merged.append(range)
+            append(range)
         }
     }
-    return merged
 }

@@ -33,8 +33,7 @@ final class RootEncryption: @unchecked Sendable {
     private var seen: [UInt32]
     private static let written = UInt32.max
     private var stopRequested = false
-    private var followError: Error?
-    private let following = DispatchGroup()
+    private var following: BackgroundWork<Void>?
 
     init(plaintext: String, size: UInt64, key: SecretBytes, target: QCOW2Writer, targetOffset: UInt64) {
         precondition(targetOffset % target.clusterSize == 0, "the data segment must start on a cluster")
@@ -51,20 +50,13 @@ final class RootEncryption: @unchecked Sendable {
 
     /// Starts the follower thread; `stopFollowing` ends it.
     func startFollowing(interval: TimeInterval = 0.1) {
-        following.enter()
-        let thread = Thread { [self] in
-            defer { following.leave() }
-            do { try follow(interval: interval) } catch { lock.withLock { followError = error } }
-        }
-        thread.name = "sevimage root encryption"
-        thread.start()
+        following = BackgroundWork("sevimage root encryption") { [self] in try follow(interval: interval) }
     }
 
     /// Stops the follower and waits for it; throws what made it fail, if anything did.
     func stopFollowing() throws {
         lock.withLock { stopRequested = true }
-        following.wait()
-        if let error = lock.withLock({ followError }) { throw error }
+        try following?.wait().get()
     }
 
     private var isStopped: Bool { lock.withLock { stopRequested } }

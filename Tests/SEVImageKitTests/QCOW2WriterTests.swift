@@ -104,6 +104,52 @@ struct QCOW2WriterTests {
         #expect(throws: QCOW2WriterError.self) { try bytes.withUnsafeBytes { try writer.write($0, at: (8 << 20) - 100) } }
     }
 
+    /// Direct writes (aligned: straight to the disk; unaligned: through the page cache after all), mixed with
+    /// buffered ones in neighbouring clusters, read back as written, by the writer and by qemu-img.
+    @Test func directAndBufferedWritesMix() throws {
+        let scratch = try Scratch()
+        let size: UInt64 = 4 << 20
+        let raw = try RawFile(creating: scratch.file("r"), size: size)
+        let writer = try QCOW2Writer(creating: scratch.file("d.qcow2"), virtualSize: size)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 4096)
+        defer { buffer.deallocate() }
+        let pieces: [(offset: UInt64, count: Int, direct: Bool)] = [
+            (0, 256 << 10, true), (256 << 10, 4096, false), ((256 << 10) + 8192, 100_000, true),
+            (1 << 20, 64 << 10, true), ((1 << 20) + (64 << 10), 512, true), (3 << 20, 12_288, false),
+        ]
+        for piece in pieces {
+            let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<piece.count])
+            for index in bytes.indices { bytes[index] = UInt8.random(in: 1...255) }
+            writer.allocate(piece.offset..<(piece.offset + UInt64(piece.count)))
+            try writer.write(UnsafeRawBufferPointer(bytes), at: piece.offset, direct: piece.direct)
+            try raw.write(UnsafeRawBufferPointer(bytes), at: piece.offset)
+            let back = UnsafeMutableRawBufferPointer.allocate(byteCount: piece.count, alignment: 8)
+            defer { back.deallocate() }
+            try writer.read(into: back, at: piece.offset)
+            #expect(sameBytes(Data(back), Data(bytes)), "\(piece)")
+        }
+        try writer.finish()
+        try writer.sync()
+        try runChecked("qemu-img", ["check", scratch.file("d.qcow2")])
+        #expect(try runProgram("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", scratch.file("r"), scratch.file("d.qcow2")]).status == 0)
+    }
+
+    /// The fingerprints that tell the image's completion whether a cluster changed: equal for equal bytes,
+    /// different for a single changed bit, and keyed.
+    @Test func fingerprintsTellChangedBytesApart() throws {
+        var bytes = [UInt8](repeating: 7, count: 65536)
+        let key = try SecretBytes(randomCount: 16)
+        let one = try Crypto.Fingerprinter(key: key), two = try Crypto.Fingerprinter(key: key)
+        let print = try bytes.withUnsafeBytes { try one.fingerprint($0) }
+        #expect(try bytes.withUnsafeBytes { try two.fingerprint($0) } == print)
+        #expect(try bytes.withUnsafeBytes { try one.fingerprint($0) } == print)
+        bytes[40_000] ^= 0x10
+        #expect(try bytes.withUnsafeBytes { try one.fingerprint($0) } != print)
+        bytes[40_000] ^= 0x10
+        #expect(try bytes.withUnsafeBytes { try Crypto.Fingerprinter(key: SecretBytes(randomCount: 16)).fingerprint($0) } != print)
+        #expect(try bytes.withUnsafeBytes { try one.fingerprint(UnsafeRawBufferPointer(rebasing: $0[0..<4096])) } != print)
+    }
+
     @Test func leavesZeroClustersOutOfTheRawDisksData() throws {
         let scratch = try Scratch()
         let raw = try RawFile(creating: scratch.file("r"), size: 4 << 20)

@@ -17,7 +17,7 @@ struct RootEncryptionTests {
         let plain = try RawFile(creating: plainPath, size: size)
         let keyBytes = (0..<64).map { _ in UInt8.random(in: 0...255) }
         let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: offset + size)
-        let encryption = RootEncryption(plaintext: plainPath, size: size, key: SecretBytes(keyBytes), target: qcow, targetOffset: offset)
+        let encryption = try RootEncryption(plaintext: plainPath, size: size, key: SecretBytes(keyBytes), target: qcow, targetOffset: offset)
         func write(_ count: Int, at position: UInt64) throws {
             let bytes = (0..<count).map { _ in UInt8.random(in: 1...255) }
             try bytes.withUnsafeBytes { try plain.write($0, at: position) }

@@ -15,6 +15,10 @@ import Foundation
 /// (`compat=1.1`), 16-bit refcounts, no extensions. The allocation map is kept per L2 table (4 bytes per
 /// guest cluster of a table in use), so memory follows the data, not the disk.
 ///
+/// Writes are buffered (and their write-out started every 32 MiB), or with `direct`, go straight to the disk
+/// (`O_DIRECT`) where the filesystem allows it: bulk data that nothing reads back then costs no copy into the
+/// page cache, and the closing fsync has nothing left to write.
+///
 /// `@unchecked Sendable`: the allocation map is guarded by a lock, and writes are pwrite calls on distinct
 /// offsets, which the encryption threads rely on.
 public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
@@ -24,6 +28,8 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     private let clusterBits: UInt64
     private let l2Entries: UInt64
     private let file: RawFile
+    /// The file opened again with O_DIRECT, or -1 where its filesystem has no direct I/O.
+    private let directFD: Int32
     private let writeback = WritebackStarter()
     private let lock = NSLock()
     /// L1 slot -> host cluster number of each guest cluster the slot's L2 table covers (0: not allocated).
@@ -40,7 +46,10 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
         clusterSize = 1 << clusterBits
         l2Entries = clusterSize / 8
         file = try RawFile(creating: path, size: 0)
+        directFD = open(path, O_WRONLY | O_CLOEXEC | directIOFlag)
     }
+
+    deinit { if directFD >= 0 { close(directFD) } }
 
     /// Creates `path` with clusters for `allocated` (guest byte ranges), given in guest order.
     public convenience init(creating path: String, virtualSize: UInt64, allocated: [Range<UInt64>], clusterBits: UInt64 = 16) throws {
@@ -92,12 +101,56 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     }
 
     /// Writes guest bytes into their clusters; refuses, before writing anything, bytes that fall outside
-    /// the allocated clusters. Safe to call from several threads for distinct ranges.
+    /// the allocated clusters. Safe to call from several threads for distinct ranges. `direct`: see the type.
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        try write(buffer, at: offset, direct: false)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, direct: Bool) throws {
         for piece in try hostPieces(offset, buffer.count) {
-            try file.write(UnsafeRawBufferPointer(rebasing: buffer[piece.range]), at: piece.host)
+            try writeFile(UnsafeRawBufferPointer(rebasing: buffer[piece.range]), at: piece.host, direct: direct)
         }
-        writeback.wrote(buffer.count, to: file.fd)
+    }
+
+    /// Writes whole host clusters from `cluster` on (their final bytes, after `finish`).
+    func writeHost(_ buffer: UnsafeRawBufferPointer, cluster: UInt64, direct: Bool) throws {
+        try writeFile(buffer, at: cluster << clusterBits, direct: direct)
+    }
+
+    /// Reads host clusters from `cluster` on as the file holds them now (holes and the end of the file read as zeros).
+    func readHost(into buffer: UnsafeMutableRawBufferPointer, cluster: UInt64) throws {
+        try file.read(into: buffer, at: cluster << clusterBits, zerosPastEnd: true)
+    }
+
+    private func writeFile(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, direct: Bool) throws {
+        // O_DIRECT wants the memory, the offset and the length aligned to the device's blocks (4096 covers them all).
+        if direct, directFD >= 0, Int(bitPattern: bytes.baseAddress) % 4096 == 0, offset % 4096 == 0, bytes.count % 4096 == 0 {
+            var done = 0
+            while done < bytes.count {
+                let n = pwrite(directFD, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && errno == EINVAL { break }  // stricter alignment than 4096: the buffered write below
+                guard n > 0 else { throw GeneralError.io("write", path: path, errno: errno) }
+                done += n
+            }
+            if done == bytes.count { return }
+            try file.write(UnsafeRawBufferPointer(rebasing: bytes[done...]), at: offset + UInt64(done))
+            return
+        }
+        try file.write(bytes, at: offset)
+        writeback.wrote(bytes.count, to: file.fd)
+    }
+
+    /// After `finish`: for each host cluster of the file, the guest cluster it holds (nil for the header and the metadata).
+    func guestClusters() -> [UInt64?] {
+        lock.withLock {
+            precondition(finishedSize != nil, "QCOW2Writer: layout before finish")
+            var guests = [UInt64?](repeating: nil, count: Int(finishedSize! >> clusterBits))
+            for (slot, hosts) in tables {
+                for (index, host) in hosts.enumerated() where host != 0 { guests[Int(host)] = slot * l2Entries + UInt64(index) }
+            }
+            return guests
+        }
     }
 
     /// Reads guest bytes back from their clusters (all of them must be allocated); what was never written reads as zeros.
@@ -299,6 +352,13 @@ private final class WritebackStarter: @unchecked Sendable {
         return unsafeBitCast(symbol, to: SyncFileRange.self)
     }()
 }
+
+/// `O_DIRECT`, which Swift's Glibc module leaves out (it is declared under _GNU_SOURCE); its value differs by architecture.
+#if arch(arm64)
+let directIOFlag: Int32 = 0o200000
+#else
+let directIOFlag: Int32 = 0o40000
+#endif
 
 public enum QCOW2WriterError: SEVImageError {
     case outsideAllocation(String, UInt64)

@@ -127,7 +127,7 @@ public struct ImageBuilder {
 
         let dataStart = layout.rootOffset + LUKSLayout.headerSize
         progress.step("building the ext4 root filesystem (\(readableSize(ext4Size))) and encrypting it into the QCOW2")
-        let encryption = RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow, targetOffset: dataStart)
+        let encryption = try RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow, targetOffset: dataStart)
         encryption.startFollowing()
         let luks: CryptDevice, roles: [Int: String], esp: ESPBuilder
         do {

@@ -2,22 +2,26 @@ import Foundation
 
 /// Encrypts the root filesystem into the QCOW2 while mke2fs is still writing it, then makes the result exact.
 ///
-/// Encrypting the root and writing it to disk take about as long as mke2fs itself, so they start early: a follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB
-/// chunk once its data stops growing, straight into newly allocated QCOW2 clusters, which the kernel starts
-/// writing out at once (QCOW2Writer). This is speculative: mke2fs may still change a chunk afterwards (inode
-/// tables and bitmaps are rewritten until it closes, debugfs edits a few blocks, a read may even race with a
-/// write). So when the filesystem is final, `complete` walks every chunk that holds data or was written
-/// ahead, encrypts it again from the final plaintext and compares: what differs is rewritten, what is
-/// missing is allocated and written. The image is then exactly as if everything had been encrypted at the
-/// end: every allocated cluster of the data segment holds the encryption of the final plaintext, and
-/// clusters that hold no data stay unallocated: they decrypt to noise. ext4 never reads them before writing
-/// them: the holes mke2fs leaves are free blocks, inode-table tails and journal blocks (`lazy_itable_init`
-/// and `lazy_journal_init` leave `INODE_ZEROED` clear, so the kernel zeroes them itself, and fsck and the
-/// kernel never read past a group's `itable_unused`). The tests check this with an independent decryption
-/// and `e2fsck -f`, before and after `debugfs -w` allocates in fresh groups.
+/// Encrypting the root and writing it to disk take about as long as mke2fs itself, so they start early: a
+/// follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB chunk once its data
+/// stops growing, straight into newly allocated QCOW2 clusters, written with direct I/O (no copy into the
+/// page cache; the disk works while mke2fs does). For each cluster it keeps a fingerprint of the plaintext it
+/// encrypted (`Crypto.Fingerprinter`). This is speculative: mke2fs may still change a chunk afterwards
+/// (inode tables and bitmaps are rewritten until it closes, debugfs edits a few blocks, a read may even race
+/// with a write). So when the filesystem is final, `complete` gives every cluster still needed its place,
+/// writes the QCOW2's metadata, and then walks the whole file in order: each cluster of the data segment is
+/// encrypted again from the final plaintext (whose fingerprint says whether the file already holds it, or
+/// it must be written), every other cluster is read back, and all of it goes into the image's SHA-256 on the
+/// way. The image is then exactly as if everything had been encrypted at the end: every allocated cluster of
+/// the data segment holds the encryption of the final plaintext, and clusters that hold no data stay
+/// unallocated: they decrypt to noise. ext4 never reads them before writing them: the holes mke2fs leaves
+/// are free blocks, inode-table tails and journal blocks (`lazy_itable_init` and `lazy_journal_init` leave
+/// `INODE_ZEROED` clear, so the kernel zeroes them itself, and fsck and the kernel never read past a group's
+/// `itable_unused`). The tests check this with an independent decryption and `e2fsck -f`, before and after
+/// `debugfs -w` allocates in fresh groups.
 ///
-/// The compare re-encrypts rather than hashes: AES-XTS runs about four times faster than SHA-256 here, and
-/// an exact compare needs no argument about collisions.
+/// Encrypting again costs less than reading the image back: AES-XTS runs at several GB/s per core, and the
+/// clusters written with direct I/O are not in the page cache.
 final class RootEncryption: @unchecked Sendable {
     let plaintextPath: String
     /// Length of the plaintext filesystem (a multiple of the sector size).
@@ -27,15 +31,18 @@ final class RootEncryption: @unchecked Sendable {
     /// Guest offset of the LUKS data segment (cluster aligned).
     let targetOffset: UInt64
     let chunkSize: UInt64
+    private let fingerprintKey: SecretBytes
 
     private let lock = NSLock()
     /// Per chunk: the data bytes the follower saw at its previous scan, or `written` once it encrypted it.
     private var seen: [UInt32]
     private static let written = UInt32.max
+    /// Host cluster -> fingerprint of the plaintext the follower encrypted into it.
+    private var fingerprints: [UInt64: Crypto.Fingerprint] = [:]
     private var stopRequested = false
     private var following: BackgroundWork<Void>?
 
-    init(plaintext: String, size: UInt64, key: SecretBytes, target: QCOW2Writer, targetOffset: UInt64) {
+    init(plaintext: String, size: UInt64, key: SecretBytes, target: QCOW2Writer, targetOffset: UInt64) throws {
         precondition(targetOffset % target.clusterSize == 0, "the data segment must start on a cluster")
         plaintextPath = plaintext
         self.size = size
@@ -43,6 +50,7 @@ final class RootEncryption: @unchecked Sendable {
         self.target = target
         self.targetOffset = targetOffset
         chunkSize = 16 * target.clusterSize
+        fingerprintKey = try SecretBytes(randomCount: 16)
         seen = [UInt32](repeating: 0, count: Int((size + chunkSize - 1) / chunkSize))
     }
 
@@ -65,7 +73,7 @@ final class RootEncryption: @unchecked Sendable {
     func wasWrittenAhead(_ chunk: Int) -> Bool { lock.withLock { seen[chunk] == Self.written } }
 
     private func follow(interval: TimeInterval) throws {
-        let worker = try ChunkWorker(self)
+        let worker = try Worker(self)
         var plaintext: RawFile?
         while !isStopped {
             Thread.sleep(forTimeInterval: interval)
@@ -83,7 +91,7 @@ final class RootEncryption: @unchecked Sendable {
                 }
                 guard stable else { continue }
                 allocate(chunk, clusterMask(chunk: chunk, extents: try plaintext.dataExtents(in: chunkRange(chunk))))
-                try worker.encrypt(chunk: chunk, from: plaintext, compare: false)
+                try worker.encryptAhead(chunk: chunk, from: plaintext)
                 lock.withLock { seen[chunk] = Self.written }
             }
         }
@@ -91,68 +99,53 @@ final class RootEncryption: @unchecked Sendable {
 
     // MARK: Completing
 
-    /// Once the plaintext is final: encrypts what is missing and corrects what changed since it was encrypted
-    /// ahead, on all cores (`wipeFreeSpace` covers the whole filesystem instead of its data), and finishes the
-    /// QCOW2. Returns the bytes of the data segment that have clusters and the image's SHA-256, which a thread
-    /// computes behind the writers: the clusters are allocated and the metadata written first, so that the
-    /// file's layout is final, then the chunks are completed in the order of their clusters in the file while
-    /// the hash reads each cluster as soon as it is final. Ends with the file flushed to disk.
+    /// Once the plaintext is final: gives clusters to the data not encrypted ahead (`wipeFreeSpace`: to the
+    /// whole filesystem), writes the QCOW2's metadata, then completes the file in order on all cores:
+    /// encrypts each data cluster again, writes those the file does not hold yet, and hashes everything.
+    /// Returns the bytes of the data segment that have clusters and the image's SHA-256. Ends with the file
+    /// flushed to disk.
     func complete(wipeFreeSpace: Bool, progress: (@Sendable (UInt64) -> Void)? = nil) throws -> (encryptedBytes: UInt64, sha256: [UInt8]) {
         precondition(isStopped, "complete after stopFollowing")
         let plaintext = try RawFile(path: plaintextPath, writable: false)
         let extents = wipeFreeSpace ? [0..<size] : try plaintext.dataExtents()
-        // Clusters that hold data now, per chunk; chunks written ahead are checked even if they hold none now.
-        var dataClusters: [Int: UInt16] = [:]
+        var masks: [Int: UInt16] = [:]
         for extent in extents {
-            for chunk in chunks(touching: extent) {
-                dataClusters[chunk, default: 0] |= clusterMask(chunk: chunk, extents: [extent])
-            }
+            for chunk in chunks(touching: extent) { masks[chunk, default: 0] |= clusterMask(chunk: chunk, extents: [extent]) }
         }
-        let ahead = Set(lock.withLock { seen.indices.filter { seen[$0] == Self.written } })
-        for chunk in ahead where dataClusters[chunk] == nil { dataClusters[chunk] = 0 }
-        for (chunk, mask) in dataClusters.sorted(by: { $0.key < $1.key }) { allocate(chunk, mask) }
+        for (chunk, mask) in masks.sorted(by: { $0.key < $1.key }) { allocate(chunk, mask) }
         try target.finish()
 
-        // Chunks in the order of their first cluster in the file (memory: two words per chunk, whatever the size).
-        let order = dataClusters.keys.map { ($0, hostClusters($0).first ?? 0) }.sorted { $0.1 < $1.1 }.map(\.0)
-        let settled = SettledClusters(fileSize: target.fileSize!, clusterSize: target.clusterSize)
-        for chunk in order { settled.markPending(hostClusters(chunk)) }
-        let hashing = BackgroundWork("sevimage image hash") { [target] in
-            try Crypto.hashFile(target.path, readableUpTo: settled.readableUpTo)
-        }
-        let queue = WorkQueue(order)
+        // The file in pieces of 16 clusters, completed by several threads; each piece goes into the hash in
+        // turn, so a thread waits at most for the pieces before its own (memory: one piece per thread).
+        let guests = target.guestClusters()
+        let pieces = stride(from: 0, to: guests.count, by: 16).map { $0..<min($0 + 16, guests.count) }
+        let queue = WorkQueue(Array(pieces.indices))
+        let digest = try Crypto.Digest()
+        let turns = Turns()
         let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             do {
-                let worker = try ChunkWorker(self)
-                while let chunk = queue.next() {
-                    try worker.encrypt(chunk: chunk, from: plaintext, compare: ahead.contains(chunk))
-                    settled.settle(self.hostClusters(chunk))
-                    progress?(queue.finished(UInt64(chunkRange(chunk).count)))
+                let worker = try Worker(self)
+                while let index = queue.next() {
+                    let bytes = try worker.complete(hostClusters: pieces[index], guests: guests, from: plaintext)
+                    guard turns.wait(for: index) else { return }
+                    defer { turns.done(index) }
+                    try digest.update(bytes)
+                    progress?(queue.finished(UInt64(bytes.count)))
                 }
             } catch {
                 queue.fail(error)
+                turns.abandon()
             }
         }
-        if let error = queue.error {
-            settled.abandon()
-            _ = hashing.wait()
-            throw error
-        }
+        if let error = queue.error { throw error }
         try target.sync()
-        let digest = try hashing.wait().get()
         let dataSegment = targetOffset..<(targetOffset + size)
         let encrypted = target.allocatedRanges.reduce(UInt64(0)) { total, range in
             let start = max(range.lowerBound, dataSegment.lowerBound), end = min(range.upperBound, dataSegment.upperBound)
             return total + (start < end ? end - start : 0)
         }
-        return (encrypted, digest)
-    }
-
-    /// The host clusters of a chunk's allocated guest clusters, ascending.
-    private func hostClusters(_ chunk: Int) -> [UInt64] {
-        let start = targetOffset + chunkRange(chunk).lowerBound
-        return (0..<16).compactMap { target.hostCluster(ofGuest: start + UInt64($0) * target.clusterSize) }.sorted()
+        return (encrypted, try digest.finish())
     }
 
     // MARK: Chunks and clusters
@@ -203,110 +196,118 @@ final class RootEncryption: @unchecked Sendable {
         return mask
     }
 
-    /// One thread's cipher and buffers.
-    private final class ChunkWorker {
+    /// One thread's ciphers and buffers.
+    private final class Worker {
         let owner: RootEncryption
         let cipher: XTSCipher
+        let fingerprinter: Crypto.Fingerprinter
         let buffer: UnsafeMutableRawBufferPointer
-        let existing: UnsafeMutableRawBufferPointer
 
         init(_ owner: RootEncryption) throws {
             self.owner = owner
             cipher = try XTSCipher(key: owner.key, encrypt: true)
+            fingerprinter = try Crypto.Fingerprinter(key: owner.fingerprintKey)
             buffer = .allocate(byteCount: Int(owner.chunkSize), alignment: 4096)
-            existing = .allocate(byteCount: Int(owner.chunkSize), alignment: 4096)
         }
 
         deinit {
             wipe(buffer)
             buffer.deallocate()
-            existing.deallocate()
         }
 
-        /// Encrypts the chunk from the plaintext as it is now into every cluster of it that has one. With
-        /// `compare`, clusters that already hold the same bytes are left alone, so that what was written
-        /// ahead and did not change is not written twice.
-        func encrypt(chunk: Int, from plaintext: RawFile, compare: Bool) throws {
+        /// Encrypts the chunk from the plaintext as it is now into every cluster of it that has one, and notes
+        /// the fingerprint of the plaintext each cluster got.
+        func encryptAhead(chunk: Int, from plaintext: RawFile) throws {
             let range = owner.chunkRange(chunk)
-            let clusterSize = owner.target.clusterSize
+            let clusterSize = Int(owner.target.clusterSize)
             let guestStart = owner.targetOffset + range.lowerBound
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(range.count)])
             try plaintext.read(into: slice, at: range.lowerBound)
-            try cipher.process(slice, firstSector: range.lowerBound / UInt64(LUKSLayout.sectorSize))
-            // Runs of allocated clusters, each written (or compared) at once.
-            var bit = 0
-            let clusters = Int((UInt64(range.count) + clusterSize - 1) / clusterSize)
-            while bit < clusters {
-                guard owner.target.isAllocated(guestStart + UInt64(bit) * clusterSize) else { bit += 1; continue }
-                var end = bit + 1
-                while end < clusters, owner.target.isAllocated(guestStart + UInt64(end) * clusterSize) { end += 1 }
-                let bytes = (bit * Int(clusterSize))..<min(Int(range.count), end * Int(clusterSize))
-                let fresh = UnsafeRawBufferPointer(rebasing: slice[bytes])
-                var same = false
-                if compare {
-                    let old = UnsafeMutableRawBufferPointer(rebasing: existing[bytes])
-                    try owner.target.read(into: old, at: guestStart + UInt64(bytes.lowerBound))
-                    same = memcmp(old.baseAddress!, fresh.baseAddress!, bytes.count) == 0
-                }
-                if !same { try owner.target.write(fresh, at: guestStart + UInt64(bytes.lowerBound)) }
-                bit = end
+            var noted: [(UInt64, Crypto.Fingerprint)] = []
+            for start in stride(from: 0, to: slice.count, by: clusterSize) {
+                guard let host = owner.target.hostCluster(ofGuest: guestStart + UInt64(start)) else { continue }
+                let cluster = UnsafeRawBufferPointer(rebasing: slice[start..<min(slice.count, start + clusterSize)])
+                noted.append((host, try fingerprinter.fingerprint(cluster)))
             }
+            try cipher.process(slice, firstSector: range.lowerBound / UInt64(LUKSLayout.sectorSize))
+            // Runs of allocated clusters, each written at once.
+            var start = 0
+            while start < slice.count {
+                guard owner.target.isAllocated(guestStart + UInt64(start)) else { start += clusterSize; continue }
+                var end = start + clusterSize
+                while end < slice.count, owner.target.isAllocated(guestStart + UInt64(end)) { end += clusterSize }
+                end = min(end, slice.count)
+                try owner.target.write(UnsafeRawBufferPointer(rebasing: slice[start..<end]), at: guestStart + UInt64(start), direct: true)
+                start = end
+            }
+            owner.lock.withLock { for (host, fingerprint) in noted { owner.fingerprints[host] = fingerprint } }
+        }
+
+        /// The final bytes of consecutive host clusters: those of the data segment encrypted again from the
+        /// final plaintext (and written where the file does not hold them yet), the others read from the file.
+        func complete(hostClusters: Range<Int>, guests: [UInt64?], from plaintext: RawFile) throws -> UnsafeRawBufferPointer {
+            let clusterSize = Int(owner.target.clusterSize)
+            let sectorSize = UInt64(LUKSLayout.sectorSize)
+            var stale: [Bool] = []
+            for (slot, host) in hostClusters.enumerated() {
+                let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[(slot * clusterSize)..<((slot + 1) * clusterSize)])
+                guard let guest = guests[host].map({ $0 * UInt64(clusterSize) }),
+                      guest >= owner.targetOffset, guest < owner.targetOffset + owner.size else {
+                    try owner.target.readHost(into: bytes, cluster: UInt64(host))
+                    stale.append(false)
+                    continue
+                }
+                let position = guest - owner.targetOffset
+                let count = Int(min(UInt64(clusterSize), owner.size - position))
+                let used = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<count])
+                // A cluster the data segment ends in keeps what the file holds after it.
+                if count < clusterSize { try owner.target.readHost(into: bytes, cluster: UInt64(host)) }
+                try plaintext.read(into: used, at: position, zerosPastEnd: true)
+                let fingerprint = try fingerprinter.fingerprint(UnsafeRawBufferPointer(used))
+                stale.append(owner.lock.withLock { owner.fingerprints[UInt64(host)] } != fingerprint)
+                try cipher.process(used, firstSector: position / sectorSize)
+            }
+            // Runs of clusters the file does not hold yet, each written at once.
+            var slot = 0
+            while slot < stale.count {
+                guard stale[slot] else { slot += 1; continue }
+                var end = slot + 1
+                while end < stale.count, stale[end] { end += 1 }
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[(slot * clusterSize)..<(end * clusterSize)])
+                try owner.target.writeHost(bytes, cluster: UInt64(hostClusters.lowerBound + slot), direct: true)
+                slot = end
+            }
+            return UnsafeRawBufferPointer(rebasing: buffer[0..<(hostClusters.count * clusterSize)])
         }
     }
 }
 
-/// Which host clusters of a file being completed are final, for a reader that follows the writers in file order.
-private final class SettledClusters: @unchecked Sendable {
+/// Lets threads that finish numbered pieces of work in any order hand them on in order: `wait(for: n)`
+/// returns once pieces 0..<n are done.
+private final class Turns: @unchecked Sendable {
     private let condition = NSCondition()
-    private var pending: [Bool]
-    private var firstPending = 0
+    private var next = 0
     private var abandoned = false
-    private let clusterSize: UInt64
 
-    init(fileSize: UInt64, clusterSize: UInt64) {
-        self.clusterSize = clusterSize
-        pending = [Bool](repeating: false, count: Int((fileSize + clusterSize - 1) / clusterSize))
-        firstPending = pending.count
-    }
-
-    /// Marks clusters as not final yet (before the reader starts).
-    func markPending(_ clusters: [UInt64]) {
+    /// False if the work was abandoned (another thread failed).
+    func wait(for index: Int) -> Bool {
         condition.withLock {
-            for cluster in clusters { pending[Int(cluster)] = true }
-            firstPending = min(firstPending, clusters.map { Int($0) }.min() ?? firstPending)
+            while next != index && !abandoned { condition.wait() }
+            return !abandoned
         }
     }
 
-    private func advance() {
-        while firstPending < pending.count, !pending[firstPending] { firstPending += 1 }
-    }
-
-    func settle(_ clusters: [UInt64]) {
+    func done(_ index: Int) {
         condition.withLock {
-            for cluster in clusters { pending[Int(cluster)] = false }
-            advance()
+            next = index + 1
             condition.broadcast()
         }
     }
 
-    /// Lets the reader stop where it is (the writers failed).
     func abandon() {
         condition.withLock {
             abandoned = true
             condition.broadcast()
-        }
-    }
-
-    /// How far the file is final from `offset`; waits while the cluster at `offset` is not. Returns `offset`
-    /// itself (nothing to read) once abandoned.
-    @Sendable func readableUpTo(_ offset: UInt64) -> UInt64 {
-        condition.withLock {
-            while true {
-                if abandoned { return offset }
-                let limit = firstPending == pending.count ? UInt64.max : UInt64(firstPending) * clusterSize
-                if limit > offset { return limit }
-                condition.wait()
-            }
         }
     }
 }

@@ -61,31 +61,84 @@ public enum Crypto {
 }
 
 extension Crypto {
-    /// SHA-256 (or SHA-384) of a file, read in 1 MiB pieces. `readableUpTo(offset)`, if given, is asked before
-    /// each read and returns how far the file may be read from `offset` (more than `offset`; it may wait until
-    /// the bytes there are final), so that a file still being completed can be hashed behind its writers.
-    public static func hashFile(_ path: String, sha384: Bool = false, readableUpTo: ((UInt64) -> UInt64)? = nil) throws -> [UInt8] {
+    /// SHA-256 (or SHA-384) of a file, read in 1 MiB pieces.
+    public static func hashFile(_ path: String, sha384: Bool = false) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw GeneralError.io("open", path: path, errno: errno) }
         defer { close(fd) }
-        guard let ctx = EVP_MD_CTX_new() else { throw Failure.openssl("EVP_MD_CTX_new") }
-        defer { EVP_MD_CTX_free(ctx) }
-        guard EVP_DigestInit_ex(ctx, sha384 ? EVP_sha384() : EVP_sha256(), nil) == 1 else { throw Failure.openssl("digest init") }
+        let digest = try Digest(sha384 ? EVP_sha384() : EVP_sha256())
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var position: UInt64 = 0
         while true {
-            let limit = readableUpTo?(position) ?? .max
-            let count = Int(min(UInt64(buffer.count), limit - position))
-            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(position)) }
+            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(position)) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { throw GeneralError.io("read", path: path, errno: errno) }
             if n == 0 { break }
-            guard EVP_DigestUpdate(ctx, buffer, n) == 1 else { throw Failure.openssl("digest update") }
+            try buffer.withUnsafeBytes { try digest.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             position += UInt64(n)
         }
-        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
-        var length: UInt32 = 0
-        guard EVP_DigestFinal_ex(ctx, &out, &length) == 1 else { throw Failure.openssl("digest final") }
-        return Array(out.prefix(Int(length)))
+        return try digest.finish()
+    }
+
+    /// A hash computed piece by piece (one thread at a time).
+    final class Digest: @unchecked Sendable {
+        private let context: OpaquePointer
+
+        init(_ type: OpaquePointer? = EVP_sha256()) throws {
+            guard let context = EVP_MD_CTX_new() else { throw Failure.openssl("EVP_MD_CTX_new") }
+            self.context = context
+            guard EVP_DigestInit_ex(context, type, nil) == 1 else { throw Failure.openssl("digest init") }
+        }
+
+        deinit { EVP_MD_CTX_free(context) }
+
+        func update(_ bytes: UnsafeRawBufferPointer) throws {
+            guard EVP_DigestUpdate(context, bytes.baseAddress, bytes.count) == 1 else { throw Failure.openssl("digest update") }
+        }
+
+        func finish() throws -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+            var length: UInt32 = 0
+            guard EVP_DigestFinal_ex(context, &out, &length) == 1 else { throw Failure.openssl("digest final") }
+            return Array(out.prefix(Int(length)))
+        }
+    }
+
+    /// A 128-bit fingerprint of byte strings: GMAC (GHASH) under a random AES-128 key that never leaves the
+    /// process, so two different inputs share a fingerprint with probability below 2^-110 for inputs up to
+    /// 1 MiB, whatever the inputs are. Several times faster than SHA-256. One per thread.
+    final class Fingerprinter {
+        private let context: OpaquePointer
+        private static let iv = [UInt8](repeating: 0, count: 12)
+
+        init(key: SecretBytes) throws {
+            precondition(key.count == 16, "GMAC here uses AES-128")
+            guard let context = EVP_CIPHER_CTX_new() else { throw Failure.openssl("EVP_CIPHER_CTX_new") }
+            self.context = context
+            let status = key.withUnsafeBytes {
+                EVP_EncryptInit_ex(context, EVP_aes_128_gcm(), nil, $0.baseAddress?.assumingMemoryBound(to: UInt8.self), Self.iv)
+            }
+            guard status == 1 else {
+                EVP_CIPHER_CTX_free(context)
+                throw Failure.openssl("GMAC key setup")
+            }
+        }
+
+        deinit { EVP_CIPHER_CTX_free(context) }  // cleanses the expanded key
+
+        func fingerprint(_ bytes: UnsafeRawBufferPointer) throws -> Fingerprint {
+            var length: Int32 = 0
+            var tag = Fingerprint()
+            let ok = EVP_EncryptInit_ex(context, nil, nil, nil, Self.iv) == 1
+                && EVP_EncryptUpdate(context, nil, &length, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(bytes.count)) == 1
+                && EVP_EncryptFinal_ex(context, nil, &length) == 1
+                && withUnsafeMutableBytes(of: &tag) { EVP_CIPHER_CTX_ctrl(context, 0x10 /* EVP_CTRL_AEAD_GET_TAG */, 16, $0.baseAddress) } == 1
+            guard ok else { throw Failure.openssl("GMAC") }
+            return tag
+        }
+    }
+
+    struct Fingerprint: Equatable {
+        var low: UInt64 = 0, high: UInt64 = 0
     }
 }

@@ -68,6 +68,9 @@ public struct ExternalTool: Sendable {
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
         process.standardInput = input == nil ? FileHandle.nullDevice : stdinPipe
+        // Foundation's `waitUntilExit` polls every 50 ms; its termination handler runs as soon as the child is reaped.
+        let exited = DispatchSemaphore(value: 0)
+        process.terminationHandler = { _ in exited.signal() }
         // Once a signal handler is cleaning up, no new child: it could write into what is being removed.
         guard !Interruption.isInterrupted else { throw GeneralError.interrupted }
         try process.run()
@@ -93,7 +96,7 @@ public struct ExternalTool: Sendable {
         }
         let stdout = stdoutPipe.fileHandleForReading.readDataToEndOfFile()
         group.wait()
-        process.waitUntilExit()
+        exited.wait()
         return Output(status: process.terminationStatus, stdout: stdout, stderr: stderrBox.data)
     }
 }

@@ -81,7 +81,7 @@ bytes() {
 
 if [ -z "$sevimage" ]; then
     say "building sevimage (release)"
-    (cd "$here" && swift build -c release --product sevimage >&2)
+    (cd "$here" && swift build -c release --static-swift-stdlib --product sevimage >&2)
     sevimage="$(cd "$here" && swift build -c release --show-bin-path)/sevimage"
 fi
 [ -x "$sevimage" ] || die "no sevimage executable at $sevimage"

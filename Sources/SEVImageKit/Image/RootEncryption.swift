@@ -103,10 +103,10 @@ final class RootEncryption: @unchecked Sendable {
     /// whole filesystem), writes the QCOW2's metadata, then completes the file in order on all cores:
     /// encrypts each data cluster again, writes those the file does not hold yet, and hashes everything.
     /// Returns the bytes of the data segment that have clusters and the image's SHA-256. Ends with the file
-    /// flushed to disk.
+    /// flushed to disk. Frees the plaintext's space as it goes (it is of no use afterwards).
     func complete(wipeFreeSpace: Bool, progress: (@Sendable (UInt64) -> Void)? = nil) throws -> (encryptedBytes: UInt64, sha256: [UInt8]) {
         precondition(isStopped, "complete after stopFollowing")
-        let plaintext = try RawFile(path: plaintextPath, writable: false)
+        let plaintext = try RawFile(path: plaintextPath, writable: true)
         let extents = wipeFreeSpace ? [0..<size] : try plaintext.dataExtents()
         var masks: [Int: UInt16] = [:]
         for extent in extents {
@@ -249,6 +249,7 @@ final class RootEncryption: @unchecked Sendable {
             let clusterSize = Int(owner.target.clusterSize)
             let sectorSize = UInt64(LUKSLayout.sectorSize)
             var stale: [Bool] = []
+            var consumed: [Range<UInt64>] = []
             for (slot, host) in hostClusters.enumerated() {
                 let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[(slot * clusterSize)..<((slot + 1) * clusterSize)])
                 guard let guest = guests[host].map({ $0 * UInt64(clusterSize) }),
@@ -263,6 +264,7 @@ final class RootEncryption: @unchecked Sendable {
                 // A cluster the data segment ends in keeps what the file holds after it.
                 if count < clusterSize { try owner.target.readHost(into: bytes, cluster: UInt64(host)) }
                 try plaintext.read(into: used, at: position, zerosPastEnd: true)
+                consumed.appendMerging(position..<(position + UInt64(count)))
                 let fingerprint = try fingerprinter.fingerprint(UnsafeRawBufferPointer(used))
                 stale.append(owner.lock.withLock { owner.fingerprints[UInt64(host)] } != fingerprint)
                 try cipher.process(used, firstSector: position / sectorSize)
@@ -277,6 +279,7 @@ final class RootEncryption: @unchecked Sendable {
                 try owner.target.writeHost(bytes, cluster: UInt64(hostClusters.lowerBound + slot), direct: true)
                 slot = end
             }
+            for range in consumed { plaintext.punchHole(range) }
             return UnsafeRawBufferPointer(rebasing: buffer[0..<(hostClusters.count * clusterSize)])
         }
     }

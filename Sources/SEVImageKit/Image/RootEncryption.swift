@@ -264,7 +264,12 @@ final class RootEncryption: @unchecked Sendable {
                 // A cluster the data segment ends in keeps what the file holds after it.
                 if count < clusterSize { try owner.target.readHost(into: bytes, cluster: UInt64(host)) }
                 try plaintext.read(into: used, at: position, zerosPastEnd: true)
-                consumed.appendMerging(position..<(position + UInt64(count)))
+                // Host order is not guest order: only a cluster that continues the last range extends it.
+                if let last = consumed.last, last.upperBound == position {
+                    consumed[consumed.count - 1] = last.lowerBound..<(position + UInt64(count))
+                } else {
+                    consumed.append(position..<(position + UInt64(count)))
+                }
                 let fingerprint = try fingerprinter.fingerprint(UnsafeRawBufferPointer(used))
                 stale.append(owner.lock.withLock { owner.fingerprints[UInt64(host)] } != fingerprint)
                 try cipher.process(used, firstSector: position / sectorSize)

@@ -2,7 +2,7 @@
 # Benchmark: `sevimage create` against the offline pipeline that `systemd-repart --offline` and mkosi use.
 #
 #   benchmarks/create-vs-pipeline.sh [--data "256M 1G"] [--disks "8G 16G"] [--runs N] [--workdir DIR]
-#                                    [--sevimage PATH] [--keep] [--no-drop-caches]
+#                                    [--sevimage PATH] [--keep] [--no-drop-caches] [--settle SECONDS]
 #
 # For every data size it generates a root tree (a realistic mix of many small files and a few large
 # ones, incompressible bytes from /dev/urandom, plus the demo tree's /boot so that create accepts it),
@@ -23,7 +23,10 @@
 # Each build runs --runs times (default 3), alternating sevimage and the pipeline; the report gives the
 # median of each (and the ratios of the medians), because single runs of cold-cache work on a shared
 # machine vary by 20% or more.
-# The page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches, needs root) before each build.
+# The page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches, needs root) before each build, and
+# the machine is left idle for --settle seconds (default 10): the pipeline's deleted 8-16 GiB files and
+# writes still keep a virtual disk busy after sync returns (a create started at once took 17.5 s instead
+# of 3.5 s here once), and whichever build came next would pay for the previous one.
 # Printed per build: wall time, output size (file length and blocks on disk), peak memory (GNU time's
 # "Maximum resident set size": for sevimage the largest of it and its children; for the pipeline the
 # largest of its steps); then the ratios and the issue's goals:
@@ -41,15 +44,17 @@ disk_sizes="8G 16G"
 workdir="$here/.cache/benchmark"
 sevimage=""
 runs=3
+settle=10
 keep=0
 drop=1
 
-usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) data_sizes=$2; shift 2 ;;
         --disks) disk_sizes=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
+        --settle) settle=$2; shift 2 ;;
         --workdir) workdir=$2; shift 2 ;;
         --sevimage) sevimage=$2; shift 2 ;;
         --keep) keep=1; shift ;;
@@ -81,8 +86,7 @@ bytes() {
 
 if [ -z "$sevimage" ]; then
     say "building sevimage (release)"
-    (cd "$here" && swift build -c release --static-swift-stdlib --product sevimage >&2)
-    sevimage="$(cd "$here" && swift build -c release --show-bin-path)/sevimage"
+    sevimage=$("$here/scripts/build-release.sh")
 fi
 [ -x "$sevimage" ] || die "no sevimage executable at $sevimage"
 demo=$("$here/scripts/demo-rootfs.sh")
@@ -100,7 +104,7 @@ if [ "$drop" = 1 ] && ! { sync && echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/nu
     say "cannot drop the page cache (needs root); timings include a warm cache"
     drop=0
 fi
-drop_caches() { sync; [ "$drop" = 0 ] || echo 3 > /proc/sys/vm/drop_caches; }
+drop_caches() { sync; [ "$drop" = 0 ] || echo 3 > /proc/sys/vm/drop_caches; sleep "$settle"; }
 
 # A root tree of about $2 bytes of file data at $1: a quarter in many small files (0.5-64 KiB), a
 # quarter in medium ones (256 KiB-4 MiB), half in large ones (16-64 MiB); fixed sizes (seeded), random bytes.

@@ -37,8 +37,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$sevimage" ]; then
-    (cd "$here" && swift build -c release --static-swift-stdlib --product sevimage >&2)
-    sevimage="$(cd "$here" && swift build -c release --show-bin-path)/sevimage"
+    sevimage=$("$here/scripts/build-release.sh")
 fi
 demo=$("$here/scripts/demo-rootfs.sh")
 

@@ -17,10 +17,7 @@ if [ "$prefix" != "/usr/local" ] && [ -z "${BASH_COMPLETION_DIR:-}" ]; then
     bash_dir=$prefix/share/bash-completion/completions
 fi
 
-# Swift's runtime and Foundation linked in: the binary runs without the toolchain's libraries and starts in
-# half the time from a cold cache (0.05 s instead of 0.11 s here).
-swift build -c release --static-swift-stdlib --product sevimage
-binary=$(swift build -c release --show-bin-path)/sevimage
+binary=$(scripts/build-release.sh)
 
 install -d "$prefix/bin" "$bash_dir" "$zsh_dir" "$fish_dir" "$man_dir"
 install -m 0755 "$binary" "$prefix/bin/sevimage"

@@ -151,7 +151,7 @@ public struct ImageBuilder {
         // 6. its SHA-256 for the manifest, read back behind the writers.
         progress.step("encrypting the rest of the root filesystem into the QCOW2")
         let (total, digest) = try encryption.complete(wipeFreeSpace: profile.wipeFreeSpace,
-                                                      progress: progress.meter("encrypting", total: ext4Size))
+                                                      meter: { progress.meter("completing the image", total: $0) })
         let imageSHA = hex(digest)
         let imageBytes = qcow.fileSize ?? 0
         let keyslots = luks.keyslots

@@ -103,8 +103,9 @@ final class RootEncryption: @unchecked Sendable {
     /// whole filesystem), writes the QCOW2's metadata, then completes the file in order on all cores:
     /// encrypts each data cluster again, writes those the file does not hold yet, and hashes everything.
     /// Returns the bytes of the data segment that have clusters and the image's SHA-256. Ends with the file
-    /// flushed to disk. Frees the plaintext's space as it goes (it is of no use afterwards).
-    func complete(wipeFreeSpace: Bool, progress: (@Sendable (UInt64) -> Void)? = nil) throws -> (encryptedBytes: UInt64, sha256: [UInt8]) {
+    /// flushed to disk. Frees the plaintext's space as it goes (it is of no use afterwards). `meter`, given the
+    /// file's length, may return a progress meter for the bytes completed.
+    func complete(wipeFreeSpace: Bool, meter: ((UInt64) -> (@Sendable (UInt64) -> Void)?)? = nil) throws -> (encryptedBytes: UInt64, sha256: [UInt8]) {
         precondition(isStopped, "complete after stopFollowing")
         let plaintext = try RawFile(path: plaintextPath, writable: true)
         let extents = wipeFreeSpace ? [0..<size] : try plaintext.dataExtents()
@@ -118,6 +119,7 @@ final class RootEncryption: @unchecked Sendable {
         // The file in pieces of 16 clusters, completed by several threads; each piece goes into the hash in
         // turn, so a thread waits at most for the pieces before its own (memory: one piece per thread).
         let guests = target.guestClusters()
+        let progress = meter?(UInt64(guests.count) * target.clusterSize)
         let pieces = stride(from: 0, to: guests.count, by: 16).map { $0..<min($0 + 16, guests.count) }
         let queue = WorkQueue(Array(pieces.indices))
         let digest = try Crypto.Digest()

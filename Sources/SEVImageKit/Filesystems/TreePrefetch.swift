@@ -4,9 +4,11 @@ import Foundation
 ///
 /// mke2fs reads the tree one file at a time, each read waiting for the disk, so a cold tree costs it
 /// about twice the time the disk needs to deliver the same bytes with many requests in flight. A
-/// background thread walks the tree the way mke2fs does (depth first, in `readdir` order) and gives
+/// background thread walks the tree the way mke2fs does (depth first, each directory's entries sorted by
+/// name: e2fsprogs 1.47 lists them with `scandir` and `alphasort`, and runs with LC_ALL=C here) and gives
 /// each regular file `posix_fadvise(WILLNEED)`, which queues its reads without waiting for them; mke2fs
-/// then finds most of its data already cached. Measured on a cold 1 GiB tree: 8.4 s without, 5.5 s with.
+/// then finds most of its data already cached. Measured on a cold 1 GiB tree: 8.4 s without, 5.5 s with
+/// (in `readdir` order, which is not mke2fs's; in mke2fs's order the whole create is a further N% faster).
 ///
 /// It reads at most `budget` bytes ahead (a quarter of physical memory by default), so that a tree larger
 /// than the cache does not push out what mke2fs is about to read. Failures are ignored: this only warms
@@ -39,12 +41,16 @@ public final class TreePrefetch: @unchecked Sendable {
 
     private func walk(_ directory: String, left: inout UInt64, depth: Int) {
         guard depth < 256, left > 0, !isStopped, let handle = opendir(directory) else { return }
-        defer { closedir(handle) }
+        var entries: [(name: [UInt8], type: Int32)] = []
         while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
-            if name == "." || name == ".." { continue }
-            let path = directory + "/" + name
-            switch Int32(entry.pointee.d_type) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
+            entries.append((name, Int32(entry.pointee.d_type)))
+        }
+        closedir(handle)
+        for (name, type) in entries.sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
+            let path = directory + "/" + String(decoding: name, as: UTF8.self)
+            switch type {
             case Int32(DT_DIR):
                 walk(path, left: &left, depth: depth + 1)
             case Int32(DT_REG):

@@ -8,7 +8,8 @@ import Foundation
 /// name: e2fsprogs 1.47 lists them with `scandir` and `alphasort`, and runs with LC_ALL=C here) and gives
 /// each regular file `posix_fadvise(WILLNEED)`, which queues its reads without waiting for them; mke2fs
 /// then finds most of its data already cached. Measured on a cold 1 GiB tree: 8.4 s without, 5.5 s with
-/// (in `readdir` order, which is not mke2fs's; in mke2fs's order the whole create is a further N% faster).
+/// (then in `readdir` order, which is not mke2fs's); in mke2fs's order a whole `create` of that tree took
+/// 3.6 s instead of 3.9 s (medians of four cold runs).
 ///
 /// It reads at most `budget` bytes ahead (a quarter of physical memory by default), so that a tree larger
 /// than the cache does not push out what mke2fs is about to read. Failures are ignored: this only warms

@@ -146,9 +146,10 @@ public struct ImageBuilder {
         try encryption.stopFollowing()
         FaultInjection.checkpoint("ext4 built")
 
-        // 5. The root's data: what the follower wrote ahead checked against the final filesystem, the rest added
-        // (every cluster ext4 uses, or the whole partition with wipe_free_space); then the QCOW2's metadata, and
-        // 6. its SHA-256 for the manifest, read back behind the writers.
+        // 5. The root's data: clusters for what the follower did not write ahead (every cluster ext4 uses, or the
+        // whole partition with wipe_free_space), the QCOW2's metadata, then the whole file completed in order
+        // (what the follower wrote ahead checked by fingerprint against the final filesystem), and
+        // 6. its SHA-256 for the manifest, fed from the same buffers.
         progress.step("encrypting the rest of the root filesystem into the QCOW2")
         let (total, digest) = try encryption.complete(wipeFreeSpace: profile.wipeFreeSpace,
                                                       meter: { progress.meter("completing the image", total: $0) })

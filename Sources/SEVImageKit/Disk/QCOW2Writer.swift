@@ -46,7 +46,7 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
         clusterSize = 1 << clusterBits
         l2Entries = clusterSize / 8
         file = try RawFile(creating: path, size: 0)
-        directFD = open(path, O_WRONLY | O_CLOEXEC | directIOFlag)
+        directFD = open(path, O_WRONLY | O_CLOEXEC | GNUCalls.directIO)
     }
 
     deinit { if directFD >= 0 { close(directFD) } }
@@ -342,23 +342,9 @@ private final class WritebackStarter: @unchecked Sendable {
             pending = 0
             return true
         }
-        if start, let syncFileRange = Self.syncFileRange { _ = syncFileRange(fd, 0, 0, 2) }  // SYNC_FILE_RANGE_WRITE
+        if start, let syncFileRange = GNUCalls.syncFileRange { _ = syncFileRange(fd, 0, 0, GNUCalls.syncFileRangeWrite) }
     }
-
-    /// glibc's `sync_file_range`, which Swift's Glibc module leaves out (it is declared under _GNU_SOURCE).
-    private typealias SyncFileRange = @convention(c) (Int32, Int64, Int64, UInt32) -> Int32
-    private static let syncFileRange: SyncFileRange? = {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sync_file_range") else { return nil }
-        return unsafeBitCast(symbol, to: SyncFileRange.self)
-    }()
 }
-
-/// `O_DIRECT`, which Swift's Glibc module leaves out (it is declared under _GNU_SOURCE); its value differs by architecture.
-#if arch(arm64)
-let directIOFlag: Int32 = 0o200000
-#else
-let directIOFlag: Int32 = 0o40000
-#endif
 
 public enum QCOW2WriterError: SEVImageError {
     case outsideAllocation(String, UInt64)

@@ -85,16 +85,9 @@ public final class RawFile: @unchecked Sendable {
     /// Gives the bytes of `range` back to the filesystem (they read as zeros afterwards); does nothing where the
     /// filesystem cannot. Freeing a work file's pages piece by piece costs less than freeing them all at its removal.
     public func punchHole(_ range: Range<UInt64>) {
-        guard !range.isEmpty, let fallocate = Self.fallocate else { return }
-        _ = fallocate(fd, 0x03, off_t(range.lowerBound), off_t(range.count))  // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        guard !range.isEmpty, let fallocate = GNUCalls.fallocate else { return }
+        _ = fallocate(fd, GNUCalls.punchHoleKeepSize, off_t(range.lowerBound), off_t(range.count))
     }
-
-    /// glibc's `fallocate`, which Swift's Glibc module leaves out (it is declared under _GNU_SOURCE).
-    private typealias Fallocate = @convention(c) (Int32, Int32, off_t, off_t) -> Int32
-    private static let fallocate: Fallocate? = {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fallocate") else { return nil }
-        return unsafeBitCast(symbol, to: Fallocate.self)
-    }()
 
     public func sync() throws {
         guard fsync(fd) == 0 else { throw GeneralError.io("flush", path: path, errno: errno) }

@@ -3,7 +3,7 @@ import Foundation
 /// Builds the root ext4 filesystem into a plain file, without mounting: `mke2fs -d` copies the tree,
 /// then `debugfs -w` applies what the tree could not carry (ownership from a tarball, device nodes,
 /// a generated `/boot/grub/grub.cfg`).
-public struct Ext4Builder {
+public struct Ext4Builder: Sendable {
     public var blockSize: UInt32 = 4096
     public var label = "root"
     public var uuid: GUID

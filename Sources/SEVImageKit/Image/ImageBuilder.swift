@@ -88,12 +88,10 @@ public struct ImageBuilder {
         // mke2fs at once, while this thread checks it (a failed check stops mke2fs), and its files are read
         // ahead into the page cache; a tarball is extracted first (which leaves its files cached anyway).
         let ext4Path = scratch.file("root.ext4")
+        let ext4 = Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
         var mke2fs: BackgroundWork<Void>?
         func startMke2fs(_ directory: String) -> BackgroundWork<Void> {
-            BackgroundWork("sevimage mke2fs") {
-                try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
-                    .makeFilesystem(path: ext4Path, size: ext4Size, tree: directory)
-            }
+            BackgroundWork("sevimage mke2fs") { try ext4.makeFilesystem(path: ext4Path, size: ext4Size, tree: directory) }
         }
         func abandonMke2fs() {
             ChildProcesses.shared.terminateAll()
@@ -136,8 +134,7 @@ public struct ImageBuilder {
                                                     scratch: scratch, into: qcow)
             // debugfs, once mke2fs is done: the generated grub.cfg, a tarball's owners and device nodes.
             try mke2fs!.wait().get()
-            try Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
-                .edit(path: ext4Path, tree: tree.directory, debugfsCommands: commands)
+            try ext4.edit(path: ext4Path, tree: tree.directory, debugfsCommands: commands)
         } catch {
             abandonMke2fs()  // the build is abandoned
             try? encryption.stopFollowing()
@@ -150,7 +147,7 @@ public struct ImageBuilder {
         // whole partition with wipe_free_space), the QCOW2's metadata, then the whole file completed in order
         // (what the follower wrote ahead checked by fingerprint against the final filesystem), and
         // 6. its SHA-256 for the manifest, fed from the same buffers.
-        progress.step("encrypting the rest of the root filesystem into the QCOW2")
+        progress.step("completing the image: the rest of the root filesystem, the QCOW2's metadata, its SHA-256")
         let (total, digest) = try encryption.complete(wipeFreeSpace: profile.wipeFreeSpace,
                                                       meter: { progress.meter("completing the image", total: $0) })
         let imageSHA = hex(digest)

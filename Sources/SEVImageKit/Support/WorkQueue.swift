@@ -25,5 +25,4 @@ final class WorkQueue<Item: Sendable>: @unchecked Sendable {
 
     func fail(_ error: Error) { lock.withLock { if firstError == nil { firstError = error } } }
     var error: Error? { lock.withLock { firstError } }
-
 }

@@ -73,7 +73,7 @@ struct InspectVerifyTests {
         #expect(json["passed"] as? Bool == true)
         let checks = try #require(json["checks"] as? [[String: Any]])
         let byName = Dictionary(checks.map { ($0["name"] as? String ?? "", $0["status"] as? String ?? "") }, uniquingKeysWith: { a, _ in a })
-        for name in ["image sha256", "disk guid", "partition 1 filesystem uuid", "luks uuid", "luks keyslots",
+        for name in ["image digest", "disk guid", "partition 1 filesystem uuid", "luks uuid", "luks keyslots",
                      "passphrase opens a keyslot", "root ext4 uuid"] {
             #expect(byName[name] == "pass", "\(name)")
         }
@@ -83,6 +83,38 @@ struct InspectVerifyTests {
         let human = try sevimage(["verify", image])
         #expect(human.status == 0 && human.stdout.isEmpty)
         #expect(human.stderr.contains("pass  luks cipher: aes-xts-plain64") && !human.stderr.contains("\u{1B}"))
+    }
+
+    /// Manifests written before 0.4 record the whole file's SHA-256 (`image.sha256`): verify checks it, and a
+    /// key operation that changes the image replaces it with the block digest.
+    @Test func manifestsWithTheWholeFileSHA256StillVerify() throws {
+        let scratch = try Scratch()
+        let image = try makeImage(scratch)
+        let manifest = scratch.file("vm.manifest.json")
+        var object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: manifest))) as? [String: Any])
+        var imageObject = try #require(object["image"] as? [String: Any])
+        let sha256 = try runChecked("sha256sum", [image]).stdout.prefix(64)
+        imageObject.removeValue(forKey: "blockSHA256")
+        imageObject["sha256"] = String(sha256)
+        object["image"] = imageObject
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: manifest))
+        let old = try sevimage(["verify", image, "--json"])
+        #expect(old.status == 0, "\(old)")
+        #expect(old.stdout.contains("image sha256") && !old.stdout.contains("image digest"))
+
+        imageObject["sha256"] = String(repeating: "0", count: 64)
+        object["image"] = imageObject
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: manifest))
+        let wrong = try sevimage(["verify", image])
+        #expect(wrong.status == ExitStatus.verificationFailed.rawValue && wrong.stderr.contains("FAIL  image sha256"), "\(wrong)")
+
+        // rotate rewrites the header area, hashes the image again and records the block digest instead.
+        let rotate = try sevimage(["rotate", image, "--passphrase-file", scratch.file("vm.passphrase")])
+        try #require(rotate.status == 0, "\(rotate)")
+        let rotated = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: manifest)), path: manifest)
+        let oracle = try oracleImageDigest(image)
+        #expect(rotated.image.sha256 == nil && rotated.image.blockSHA256 == oracle)
+        #expect((try sevimage(["verify", image])).status == 0)
     }
 
     @Test func verifyFailsOnAlteredImagesAndManifests() throws {
@@ -123,7 +155,7 @@ struct InspectVerifyTests {
         try handle.close()
         let flipped = try sevimage(["verify", copy, "--manifest", manifest])
         #expect(flipped.status == ExitStatus.verificationFailed.rawValue)
-        #expect(flipped.stderr.contains("FAIL  image sha256"))
+        #expect(flipped.stderr.contains("FAIL  image digest"))
 
         // Truncated, empty and non-QCOW2 files: one clear line, invalid input.
         let truncated = scratch.file("truncated.qcow2")
@@ -196,7 +228,7 @@ struct InspectVerifyTests {
         try runChecked("debugfs", ["-R", "dump /etc/crypttab \(crypttab)", plain])
         let uuid = try runChecked("cryptsetup", ["luksUUID", opened.luksPartition]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(try String(contentsOfFile: crypttab, encoding: .utf8) == "root UUID=\(uuid) /etc/cryptsetup-keys.d/root.key luks,discard\n")
-        #expect(try sevimage(["verify", image]).status == 0)
+        #expect((try sevimage(["verify", image])).status == 0)
 
         // The author's own key file: a keyslot, nothing written into the root.
         let scratch2 = try Scratch()

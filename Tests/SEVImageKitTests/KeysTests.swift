@@ -30,7 +30,7 @@ struct KeysTests {
         #expect(try fixture.opening([recoveryExact, fixture.passphraseFile]).values.allSatisfy { $0 })
         let manifest = try fixture.readManifest()
         #expect(manifest.luks.keyslots.map(\.role) == ["generated", "recovery"])
-        #expect(manifest.image.sha256 == hex(try Crypto.hashFile(fixture.image)))
+        #expect(manifest.image.blockSHA256 == hex(try ImageDigest.of(file: fixture.image)))
         #expect(!(try String(contentsOfFile: fixture.manifest, encoding: .utf8)).contains("battery"))
 
         // The human listing goes to stderr.

@@ -5,7 +5,7 @@ import Testing
 /// A manifest for launch tests: only the firmware section matters.
 func secretTestManifest(firmware: FirmwareLink?) -> Manifest {
     Manifest(tool: .init(), createdAt: "2026-01-01T00:00:00Z",
-             image: .init(file: "test.qcow2", format: "qcow2", virtualSize: 1 << 30, sha256: String(repeating: "0", count: 64),
+             image: .init(file: "test.qcow2", format: "qcow2", virtualSize: 1 << 30, blockSHA256: String(repeating: "0", count: 64),
                           diskGUID: "00000000-0000-4000-8000-000000000000"),
              partitions: [],
              luks: .init(uuid: "00000000-0000-4000-8000-000000000001", version: 2, cipher: "aes-xts-plain64", keySizeBits: 512,

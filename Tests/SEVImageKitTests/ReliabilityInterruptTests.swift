@@ -19,7 +19,7 @@ struct ReliabilityInterruptTests {
         let stem = (image as NSString).deletingPathExtension
         try runChecked("qemu-img", ["check", "-q", image])
         let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: stem + ".manifest.json")), path: "manifest")
-        #expect(manifest.image.sha256 == hex(try Crypto.hashFile(image)), "\(label)")
+        #expect(manifest.image.blockSHA256 == hex(try ImageDigest.of(file: image)), "\(label)")
         let opened = try OpenedImage(image: image)
         #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", stem + ".passphrase", opened.luksPartition]).status == 0, "\(label)")
     }

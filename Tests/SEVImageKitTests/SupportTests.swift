@@ -15,6 +15,21 @@ import Testing
         #expect(a.constantTimeEquals(a))
     }
 
+    /// `ImageDigest` against Python's hashlib (Tests/Oracles/image_digest.py), on lengths around the block size.
+    @Test func imageDigestMatchesTheOracle() throws {
+        let scratch = try Scratch()
+        let lengths = [0, 1, 65_535, 65_536, 65_537, 16 * 65_536, 16 * 65_536 + 4097, 40 * 65_536 + 3]
+        let paths = try lengths.map { length -> String in
+            let path = scratch.file("file-\(length)")
+            try Data(randomBytes(length)).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        let expected = try oracleImageDigests(paths)
+        for (path, oracle) in zip(paths, expected) {
+            #expect(hex(try ImageDigest.of(file: path)) == oracle, "\(path)")
+        }
+    }
+
     // RFC 4231 test case 2.
     @Test func hmacSHA256MatchesRFC4231() {
         let mac = Crypto.hmacSHA256(key: Array("Jefe".utf8), Array("what do ya want for nothing?".utf8))

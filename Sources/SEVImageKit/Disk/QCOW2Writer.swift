@@ -282,12 +282,12 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
 
     public func sync() throws { try file.sync() }
 
-    /// SHA-256 of the finished file, read back (from the page cache) while another thread flushes it to disk,
-    /// so that the hash costs no time of its own when the flush is the slower of the two.
-    public func hashWhileSyncing() throws -> [UInt8] {
+    /// The finished file's `ImageDigest`, read back (from the page cache) while another thread flushes it to
+    /// disk, so that the hash costs no time of its own when the flush is the slower of the two.
+    public func digestWhileSyncing() throws -> [UInt8] {
         precondition(fileSize != nil, "QCOW2Writer: hash before finish")
         let flushing = BackgroundWork("sevimage image flush") { [file] in try file.sync() }
-        let digest = Result { try Crypto.hashFile(path) }
+        let digest = Result { try ImageDigest.of(file: path) }
         try flushing.wait().get()
         return try digest.get()
     }

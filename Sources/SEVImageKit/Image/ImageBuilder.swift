@@ -150,7 +150,6 @@ public struct ImageBuilder {
         progress.step("completing the image: the rest of the root filesystem, the QCOW2's metadata, its SHA-256")
         let (total, digest) = try encryption.complete(wipeFreeSpace: profile.wipeFreeSpace,
                                                       meter: { progress.meter("completing the image", total: $0) })
-        let imageSHA = hex(digest)
         let imageBytes = qcow.fileSize ?? 0
         let keyslots = luks.keyslots
         FaultInjection.checkpoint("root encrypted")
@@ -160,7 +159,7 @@ public struct ImageBuilder {
         let manifest = Manifest(
             tool: .init(), createdAt: createdAt,
             image: .init(file: (request.output as NSString).lastPathComponent, format: "qcow2", virtualSize: layout.diskSize,
-                         sha256: imageSHA, diskGUID: diskGUID.description),
+                         blockSHA256: hex(digest), diskGUID: diskGUID.description),
             partitions: [
                 .init(number: 1, role: "esp", name: "esp", typeGUID: KnownGUID.espType.description, partitionGUID: espGUID.description,
                       firstLBA: layout.espFirstLBA, lastLBA: layout.espLastLBA, filesystem: "vfat", filesystemUUID: esp.volumeIDText,

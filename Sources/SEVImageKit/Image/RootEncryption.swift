@@ -6,13 +6,14 @@ import Foundation
 /// follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB chunk once its data
 /// stops growing, straight into newly allocated QCOW2 clusters, written with direct I/O (no copy into the
 /// page cache; the disk works while mke2fs does). For each cluster it keeps a fingerprint of the plaintext it
-/// encrypted (`Crypto.Fingerprinter`). This is speculative: mke2fs may still change a chunk afterwards
+/// encrypted (`Crypto.Fingerprinter`) and the SHA-256 of the ciphertext it wrote (the cluster's block digest
+/// for the manifest, `ImageDigest`). This is speculative: mke2fs may still change a chunk afterwards
 /// (inode tables and bitmaps are rewritten until it closes, debugfs edits a few blocks, a read may even race
 /// with a write). So when the filesystem is final, `complete` gives every cluster still needed its place,
-/// writes the QCOW2's metadata, and then walks the whole file in order: each cluster of the data segment is
-/// encrypted again from the final plaintext (whose fingerprint says whether the file already holds it, or
-/// it must be written), every other cluster is read back, and all of it goes into the image's SHA-256 on the
-/// way. The image is then exactly as if everything had been encrypted at the end: every allocated cluster of
+/// writes the QCOW2's metadata, and then walks the whole file on all cores: the fingerprint of each cluster's
+/// final plaintext says whether the file already holds it (its block digest is then known too) or it must be
+/// encrypted again and written; every other cluster is read back and hashed. The image is then exactly as if
+/// everything had been encrypted at the end: every allocated cluster of
 /// the data segment holds the encryption of the final plaintext, and clusters that hold no data stay
 /// unallocated: they decrypt to noise. ext4 never reads them before writing them: the holes mke2fs leaves
 /// are free blocks, inode-table tails and journal blocks (`lazy_itable_init` and `lazy_journal_init` leave
@@ -20,8 +21,8 @@ import Foundation
 /// `itable_unused`). The tests check this with an independent decryption and `e2fsck -f`, before and after
 /// `debugfs -w` allocates in fresh groups.
 ///
-/// Encrypting again costs less than reading the image back: AES-XTS runs at several GB/s per core, and the
-/// clusters written with direct I/O are not in the page cache.
+/// Checking a fingerprint costs less than reading the image back: GHASH and AES-XTS run at several GB/s per
+/// core, and the clusters written with direct I/O are not in the page cache.
 final class RootEncryption: @unchecked Sendable {
     let plaintextPath: String
     /// Length of the plaintext filesystem (a multiple of the sector size).
@@ -37,8 +38,8 @@ final class RootEncryption: @unchecked Sendable {
     /// Per chunk: the data bytes the follower saw at its previous scan, or `written` once it encrypted it.
     private var seen: [UInt32]
     private static let written = UInt32.max
-    /// Host cluster -> fingerprint of the plaintext the follower encrypted into it.
-    private var fingerprints: [UInt64: Crypto.Fingerprint] = [:]
+    /// Host cluster -> what the follower wrote into it.
+    private var written: [UInt64: WrittenCluster] = [:]
     private var stopRequested = false
     private var following: BackgroundWork<Void>?
 
@@ -100,12 +101,12 @@ final class RootEncryption: @unchecked Sendable {
     // MARK: Completing
 
     /// Once the plaintext is final: gives clusters to the data not encrypted ahead (`wipeFreeSpace`: to the
-    /// whole filesystem), writes the QCOW2's metadata, then completes the file in order on all cores:
-    /// encrypts each data cluster again, writes those the file does not hold yet, and hashes everything.
-    /// Returns the bytes of the data segment that have clusters and the image's SHA-256. Ends with the file
+    /// whole filesystem), writes the QCOW2's metadata, then completes the file on all cores: encrypts and
+    /// writes each data cluster the file does not hold yet, and finds every cluster's block digest.
+    /// Returns the bytes of the data segment that have clusters and the image's digest (`ImageDigest`). Ends with the file
     /// flushed to disk. Frees the plaintext's space as it goes (it is of no use afterwards). `meter`, given the
     /// file's length, may return a progress meter for the bytes completed.
-    func complete(wipeFreeSpace: Bool, meter: ((UInt64) -> (@Sendable (UInt64) -> Void)?)? = nil) throws -> (encryptedBytes: UInt64, sha256: [UInt8]) {
+    func complete(wipeFreeSpace: Bool, meter: ((UInt64) -> (@Sendable (UInt64) -> Void)?)? = nil) throws -> (encryptedBytes: UInt64, digest: [UInt8]) {
         precondition(isStopped, "complete after stopFollowing")
         let plaintext = try RawFile(path: plaintextPath, writable: true)
         let extents = wipeFreeSpace ? [0..<size] : try plaintext.dataExtents()
@@ -116,28 +117,21 @@ final class RootEncryption: @unchecked Sendable {
         for (chunk, mask) in masks.sorted(by: { $0.key < $1.key }) { allocate(chunk, mask) }
         try target.finish()
 
-        // The file in pieces of 16 clusters, completed by several threads; each piece goes into the hash in
-        // turn, so a thread waits at most for the pieces before its own (memory: one piece per thread).
+        // The file in pieces of 16 clusters, completed by several threads (memory: one piece per thread).
         let guests = target.guestClusters()
         let progress = meter?(UInt64(guests.count) * target.clusterSize)
-        let pieces = stride(from: 0, to: guests.count, by: 16).map { $0..<min($0 + 16, guests.count) }
-        let queue = WorkQueue(Array(pieces.indices))
-        let digest = try Crypto.Digest()
-        let turns = Turns()
+        let leaves = ImageDigest.Leaves(count: guests.count)
+        let queue = WorkQueue(stride(from: 0, to: guests.count, by: 16).map { $0..<min($0 + 16, guests.count) })
         let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             do {
                 let worker = try Worker(self)
-                while let index = queue.next() {
-                    let bytes = try worker.complete(hostClusters: pieces[index], guests: guests, from: plaintext)
-                    guard turns.wait(for: index) else { return }
-                    defer { turns.done(index) }
-                    try digest.update(bytes)
-                    progress?(queue.finished(UInt64(bytes.count)))
+                while let piece = queue.next() {
+                    try worker.complete(hostClusters: piece, guests: guests, from: plaintext, leaves: leaves)
+                    progress?(queue.finished(UInt64(piece.count) * target.clusterSize))
                 }
             } catch {
                 queue.fail(error)
-                turns.abandon()
             }
         }
         if let error = queue.error { throw error }
@@ -147,7 +141,7 @@ final class RootEncryption: @unchecked Sendable {
             let start = max(range.lowerBound, dataSegment.lowerBound), end = min(range.upperBound, dataSegment.upperBound)
             return total + (start < end ? end - start : 0)
         }
-        return (encrypted, try digest.finish())
+        return (encrypted, leaves.combined())
     }
 
     // MARK: Chunks and clusters
@@ -218,20 +212,24 @@ final class RootEncryption: @unchecked Sendable {
         }
 
         /// Encrypts the chunk from the plaintext as it is now into every cluster of it that has one, and notes
-        /// the fingerprint of the plaintext each cluster got.
+        /// for each whole cluster the fingerprint of its plaintext and the SHA-256 of what it got.
         func encryptAhead(chunk: Int, from plaintext: RawFile) throws {
             let range = owner.chunkRange(chunk)
             let clusterSize = Int(owner.target.clusterSize)
             let guestStart = owner.targetOffset + range.lowerBound
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(range.count)])
             try plaintext.read(into: slice, at: range.lowerBound)
-            var noted: [(UInt64, Crypto.Fingerprint)] = []
-            for start in stride(from: 0, to: slice.count, by: clusterSize) {
+            var hosts: [(slot: Int, host: UInt64, fingerprint: Crypto.Fingerprint)] = []
+            for start in stride(from: 0, to: slice.count - clusterSize + 1, by: clusterSize) {
                 guard let host = owner.target.hostCluster(ofGuest: guestStart + UInt64(start)) else { continue }
-                let cluster = UnsafeRawBufferPointer(rebasing: slice[start..<min(slice.count, start + clusterSize)])
-                noted.append((host, try fingerprinter.fingerprint(cluster)))
+                let cluster = UnsafeRawBufferPointer(rebasing: slice[start..<(start + clusterSize)])
+                hosts.append((start, host, try fingerprinter.fingerprint(cluster)))
             }
             try cipher.process(slice, firstSector: range.lowerBound / UInt64(LUKSLayout.sectorSize))
+            let noted = hosts.map { cluster in
+                (cluster.host, WrittenCluster(fingerprint: cluster.fingerprint,
+                                              digest: Crypto.sha256Value(UnsafeRawBufferPointer(rebasing: slice[cluster.slot..<(cluster.slot + clusterSize)]))))
+            }
             // Runs of allocated clusters, each written at once.
             var start = 0
             while start < slice.count {
@@ -242,12 +240,13 @@ final class RootEncryption: @unchecked Sendable {
                 try owner.target.write(UnsafeRawBufferPointer(rebasing: slice[start..<end]), at: guestStart + UInt64(start), direct: true)
                 start = end
             }
-            owner.lock.withLock { for (host, fingerprint) in noted { owner.fingerprints[host] = fingerprint } }
+            owner.lock.withLock { for (host, cluster) in noted { owner.written[host] = cluster } }
         }
 
-        /// The final bytes of consecutive host clusters: those of the data segment encrypted again from the
-        /// final plaintext (and written where the file does not hold them yet), the others read from the file.
-        func complete(hostClusters: Range<Int>, guests: [UInt64?], from plaintext: RawFile) throws -> UnsafeRawBufferPointer {
+        /// Completes consecutive host clusters and sets their block digests: a cluster of the data segment whose
+        /// final plaintext the follower encrypted is done; the others are encrypted and written; clusters outside
+        /// the data segment are read from the file.
+        func complete(hostClusters: Range<Int>, guests: [UInt64?], from plaintext: RawFile, leaves: ImageDigest.Leaves) throws {
             let clusterSize = Int(owner.target.clusterSize)
             let sectorSize = UInt64(LUKSLayout.sectorSize)
             var stale: [Bool] = []
@@ -257,6 +256,7 @@ final class RootEncryption: @unchecked Sendable {
                 guard let guest = guests[host].map({ $0 * UInt64(clusterSize) }),
                       guest >= owner.targetOffset, guest < owner.targetOffset + owner.size else {
                     try owner.target.readHost(into: bytes, cluster: UInt64(host))
+                    leaves.set(host, UnsafeRawBufferPointer(bytes))
                     stale.append(false)
                     continue
                 }
@@ -273,8 +273,14 @@ final class RootEncryption: @unchecked Sendable {
                     consumed.append(position..<(position + UInt64(count)))
                 }
                 let fingerprint = try fingerprinter.fingerprint(UnsafeRawBufferPointer(used))
-                stale.append(owner.lock.withLock { owner.fingerprints[UInt64(host)] } != fingerprint)
+                if let known = owner.lock.withLock({ owner.written[UInt64(host)] }), known.fingerprint == fingerprint {
+                    leaves.set(host, digest: known.digest)
+                    stale.append(false)
+                    continue
+                }
                 try cipher.process(used, firstSector: position / sectorSize)
+                leaves.set(host, UnsafeRawBufferPointer(bytes))
+                stale.append(true)
             }
             // Runs of clusters the file does not hold yet, each written at once.
             var slot = 0
@@ -287,37 +293,12 @@ final class RootEncryption: @unchecked Sendable {
                 slot = end
             }
             for range in consumed { plaintext.punchHole(range) }
-            return UnsafeRawBufferPointer(rebasing: buffer[0..<(hostClusters.count * clusterSize)])
         }
     }
 }
 
-/// Lets threads that finish numbered pieces of work in any order hand them on in order: `wait(for: n)`
-/// returns once pieces 0..<n are done.
-private final class Turns: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var next = 0
-    private var abandoned = false
-
-    /// False if the work was abandoned (another thread failed).
-    func wait(for index: Int) -> Bool {
-        condition.withLock {
-            while next != index && !abandoned { condition.wait() }
-            return !abandoned
-        }
-    }
-
-    func done(_ index: Int) {
-        condition.withLock {
-            next = index + 1
-            condition.broadcast()
-        }
-    }
-
-    func abandon() {
-        condition.withLock {
-            abandoned = true
-            condition.broadcast()
-        }
-    }
+/// What the follower wrote into a host cluster: the fingerprint of the plaintext and the SHA-256 of the ciphertext.
+private struct WrittenCluster {
+    var fingerprint: Crypto.Fingerprint
+    var digest: Crypto.SHA256Value
 }

@@ -182,17 +182,17 @@ public struct KeyRotation {
         // 6. The manifest.
         var hashSeconds = 0.0
         if let manifest = area.manifest {
-            var sha: String?
+            var digest: [UInt8]?
             if request.rehash {
                 progress.step("hashing the image for the manifest")
                 let hashStart = Date()
-                sha = hex(try Crypto.hashFile(request.image))
+                digest = try ImageDigest.of(file: request.image)
                 hashSeconds = Date().timeIntervalSince(hashStart)
             }
             try ManifestUpdate.write(manifest, path: area.manifestPath, keyslots: workspace.device.keyslots,
                                      roles: [newSlot: state.role],
                                      record: .init(kind: "rotate", at: iso8601(Date()), removedKeyslots: state.oldKeyslots, addedKeyslots: [newSlot]),
-                                     imageSHA256: sha, passphraseFile: (paths.passphrase as NSString).lastPathComponent)
+                                     imageDigest: digest, passphraseFile: (paths.passphrase as NSString).lastPathComponent)
         }
 
         // 7. Clean up: .new first (a rerun then finds the new passphrase in IMAGE.passphrase), the state last.

@@ -94,7 +94,7 @@ public enum Keyslots {
                                        record: Manifest.Rotation) throws {
         guard let manifest = area.manifest else { return }
         try ManifestUpdate.write(manifest, path: area.manifestPath, keyslots: workspace.device.keyslots, roles: roles,
-                                 record: record, imageSHA256: hex(try Crypto.hashFile(area.image)), passphraseFile: nil)
+                                 record: record, imageDigest: try ImageDigest.of(file: area.image), passphraseFile: nil)
     }
 
     private static func entries(_ workspace: HeaderWorkspace, _ area: ImageHeaderArea, roles: [Int: String] = [:]) -> [KeyslotEntry] {

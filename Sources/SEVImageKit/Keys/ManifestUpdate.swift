@@ -5,9 +5,9 @@ enum ManifestUpdate {
     /// - Parameters:
     ///   - roles: roles of keyslots this operation created; the other slots keep the manifest's role.
     ///   - record: a rotation record to append (not appended twice when a rerun finishes the same operation).
-    ///   - rehash: recompute the image's SHA-256 (the file changed).
+    ///   - imageDigest: the image's new digest (`ImageDigest`), when the file changed and was hashed again.
     static func write(_ manifest: Manifest, path: String, keyslots: [KeyslotInfo], roles: [Int: String],
-                      record: Manifest.Rotation?, imageSHA256: String?, passphraseFile: String?) throws {
+                      record: Manifest.Rotation?, imageDigest: [UInt8]?, passphraseFile: String?) throws {
         var updated = manifest
         updated.luks.keyslots = keyslots.map { info in
             let role = roles[info.slot] ?? manifest.luks.keyslots.first { $0.slot == info.slot }?.role ?? "other"
@@ -17,7 +17,7 @@ enum ManifestUpdate {
                 || $0.removedKeyslots != record.removedKeyslots }) ?? true {
             updated.rotations.append(record)
         }
-        if let imageSHA256 { updated.image.sha256 = imageSHA256 }
+        if let imageDigest { updated.image.record(digest: imageDigest) }
         if let passphraseFile { updated.secret.passphraseFile = passphraseFile }
         guard updated != manifest else { return }
         try DurableFile.replace(path, with: try updated.encoded())

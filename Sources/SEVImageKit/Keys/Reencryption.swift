@@ -219,7 +219,7 @@ public struct Reencryption {
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
                                  target: output, progress: progress.meter("re-encrypting", total: total))
         try output.finish()
-        let imageSHA = hex(try output.hashWhileSyncing())
+        let imageDigest = try output.digestWhileSyncing()
         unlink(headerPath)
         // The new file takes the original's mode and, where allowed, its owner (a VM manager may own the image).
         var original = stat()
@@ -238,7 +238,7 @@ public struct Reencryption {
         let dropped = oldSlots.map(\.slot).filter { $0 != openedSlot }
         if let manifest = area.manifest {
             var updated = manifest
-            updated.image.sha256 = imageSHA
+            updated.image.record(digest: imageDigest)
             let role = manifest.luks.keyslots.first { $0.slot == openedSlot }?.role ?? "generated"
             updated.luks.keyslots = luks.keyslots.map {
                 .init(slot: $0.slot, role: $0.slot == newSlot ? role : "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations)

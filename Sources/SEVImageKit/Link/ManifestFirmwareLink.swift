@@ -16,7 +16,7 @@ public struct ManifestFirmwareLink {
         self.profile = profile
     }
 
-    /// Checks that the manifest describes this image (its SHA-256), computes the firmware's link and
+    /// Checks that the manifest describes this image (its digest), computes the firmware's link and
     /// replaces the manifest. Returns the new manifest.
     @discardableResult
     public func run() throws -> Manifest {
@@ -25,8 +25,8 @@ public struct ManifestFirmwareLink {
         }
         var manifest = try Manifest.decode(data, path: manifestPath)
         _ = try DiskImageReader(path: imagePath, requireQCOW2: manifest.image.format == "qcow2")
-        let sha = hex(try Crypto.hashFile(imagePath))
-        guard sha == manifest.image.sha256 else {
+        let digest = try manifest.image.digests(of: imagePath)
+        guard digest.expected == digest.actual else {
             throw LinkError.imageDoesNotMatch(image: imagePath, manifest: manifestPath)
         }
         manifest.firmware = try FirmwareLink.make(ovmfPath: ovmfPath, modes: profile.measureModes, vcpus: profile.vcpus,
@@ -47,7 +47,7 @@ public enum LinkError: SEVImageError {
     public var description: String {
         switch self {
         case .imageDoesNotMatch(let image, let manifest):
-            return "\(manifest) does not describe \(image) (the image's sha256 differs); run sevimage verify"
+            return "\(manifest) does not describe \(image) (the image's digest differs); run sevimage verify"
         }
     }
 }

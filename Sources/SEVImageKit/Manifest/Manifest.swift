@@ -32,9 +32,31 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var file: String
         public var format: String
         public var virtualSize: UInt64
-        /// SHA-256 of the QCOW2 file as written.
-        public var sha256: String
+        /// The QCOW2 file's digest as written (`ImageDigest`: SHA-256 over its 64 KiB blocks' SHA-256s).
+        public var blockSHA256: String?
+        /// SHA-256 of the whole file: what manifests of sevimage 0.1 record instead (read and checked, never written).
+        public var sha256: String?
         public var diskGUID: String
+
+        public init(file: String, format: String, virtualSize: UInt64, blockSHA256: String, diskGUID: String) {
+            self.file = file
+            self.format = format
+            self.virtualSize = virtualSize
+            self.blockSHA256 = blockSHA256
+            self.diskGUID = diskGUID
+        }
+
+        /// The digest this manifest records and the one `path` has now (same kind), for a check by name.
+        public func digests(of path: String) throws -> (name: String, expected: String, actual: String) {
+            if let blockSHA256 { return ("image digest", blockSHA256, hex(try ImageDigest.of(file: path))) }
+            return ("image sha256", sha256 ?? "nothing", hex(try Crypto.hashFile(path)))
+        }
+
+        /// Records `digest` (from `ImageDigest`) as the image's, replacing an older manifest's whole-file SHA-256.
+        public mutating func record(digest: [UInt8]) {
+            blockSHA256 = hex(digest)
+            sha256 = nil
+        }
     }
 
     public struct Partition: Codable, Sendable, Equatable {

@@ -14,6 +14,24 @@ public enum Crypto {
     }
 
     public static func sha256(_ data: some ContiguousBytes) -> [UInt8] { digest(data, EVP_sha256()) }
+
+    /// A SHA-256 digest held without an allocation (for the many block digests of an image).
+    struct SHA256Value: Equatable {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        static func == (a: SHA256Value, b: SHA256Value) -> Bool { a.words == b.words }
+    }
+
+    /// SHA-256 of `bytes`, written to the 32 bytes at `output`.
+    static func sha256(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer) {
+        var length: UInt32 = 0
+        _ = EVP_Digest(bytes.baseAddress, bytes.count, output.assumingMemoryBound(to: UInt8.self), &length, EVP_sha256(), nil)
+    }
+
+    static func sha256Value(_ bytes: UnsafeRawBufferPointer) -> SHA256Value {
+        var value = SHA256Value()
+        withUnsafeMutableBytes(of: &value) { sha256(bytes, into: $0.baseAddress!) }
+        return value
+    }
     public static func sha384(_ data: some ContiguousBytes) -> [UInt8] { digest(data, EVP_sha384()) }
 
     private static func digest(_ data: some ContiguousBytes, _ md: OpaquePointer?) -> [UInt8] {

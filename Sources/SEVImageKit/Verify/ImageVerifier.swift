@@ -88,7 +88,8 @@ public struct ImageVerifier {
         }
 
         // The file and its container.
-        compare("image sha256", manifest.image.sha256, hex(try Crypto.hashFile(imagePath)))
+        let digest = try manifest.image.digests(of: imagePath)
+        compare(digest.name, digest.expected, digest.actual)
         compare("image format", manifest.image.format, inspection.format)
         compare("virtual size", manifest.image.virtualSize, inspection.virtualSize)
 

@@ -118,3 +118,13 @@ let python3: String = ProcessInfo.processInfo.environment["SEVIMAGE_PYTHON"] ?? 
 /// Byte equality for `#expect`: a failed `#expect(a == b)` on two large `Data` makes Swift Testing compute
 /// their difference, which takes minutes for megabytes that differ throughout (a hung run, not a failure).
 func sameBytes(_ a: Data, _ b: Data) -> Bool { a == b }
+
+/// The image digest of files (`image.blockSHA256`) as `Tests/Oracles/image_digest.py` computes it with
+/// Python's hashlib, independently of `ImageDigest`.
+func oracleImageDigests(_ paths: [String]) throws -> [String] {
+    let result = try runProgram(python3, [repositoryRoot.path + "/Tests/Oracles/image_digest.py"] + paths)
+    guard result.status == 0 else { throw GeneralError.invalidArgument("image_digest.py: \(result.stderr)") }
+    return result.stdout.split(separator: "\n").map(String.init)
+}
+
+func oracleImageDigest(_ path: String) throws -> String { try oracleImageDigests([path])[0] }

@@ -85,7 +85,7 @@ struct InspectVerifyTests {
         #expect(human.stderr.contains("pass  luks cipher: aes-xts-plain64") && !human.stderr.contains("\u{1B}"))
     }
 
-    /// Manifests written before 0.4 record the whole file's SHA-256 (`image.sha256`): verify checks it, and a
+    /// Manifests of sevimage 0.1 record the whole file's SHA-256 (`image.sha256`): verify checks it, and a
     /// key operation that changes the image replaces it with the block digest.
     @Test func manifestsWithTheWholeFileSHA256StillVerify() throws {
         let scratch = try Scratch()

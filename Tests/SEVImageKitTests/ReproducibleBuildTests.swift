@@ -33,11 +33,11 @@ struct ReproducibleBuildTests {
         // The ESP, byte for byte (GRUB's memdisk, FAT times and volume id included).
         #expect(try runProgram("cmp", [opened[0].espPartition, opened[1].espPartition]).status == 0)
 
-        // The manifests, but for the image's SHA-256.
+        // The manifests, but for the image digest.
         var stripped = manifests.map { manifest -> NSDictionary in
             var copy = manifest
             var image = copy["image"] as? [String: Any] ?? [:]
-            image["sha256"] = nil
+            image["blockSHA256"] = nil
             copy["image"] = image
             return copy as NSDictionary
         }

@@ -41,6 +41,8 @@ final class RootEncryption: @unchecked Sendable {
     /// Host cluster -> what the follower wrote into it.
     private var written: [UInt64: WrittenCluster] = [:]
     private var stopRequested = false
+    /// Ends the follower's wait between two scans at once when it is asked to stop (mke2fs is done).
+    private let stopSignal = DispatchSemaphore(value: 0)
     private var following: BackgroundWork<Void>?
 
     init(plaintext: String, size: UInt64, key: SecretBytes, target: QCOW2Writer, targetOffset: UInt64) throws {
@@ -65,6 +67,7 @@ final class RootEncryption: @unchecked Sendable {
     /// Stops the follower and waits for it; throws what made it fail, if anything did.
     func stopFollowing() throws {
         lock.withLock { stopRequested = true }
+        stopSignal.signal()
         try following?.wait().get()
     }
 
@@ -77,7 +80,7 @@ final class RootEncryption: @unchecked Sendable {
         let worker = try Worker(self)
         var plaintext: RawFile?
         while !isStopped {
-            Thread.sleep(forTimeInterval: interval)
+            if stopSignal.wait(timeout: .now() + interval) == .success { return }
             if plaintext == nil { plaintext = try? RawFile(path: plaintextPath, writable: false) }
             guard let plaintext else { continue }
             // A chunk is encrypted ahead once two scans a moment apart found the same data in it: mke2fs has

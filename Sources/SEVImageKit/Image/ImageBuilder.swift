@@ -84,9 +84,9 @@ public struct ImageBuilder {
         let timestamp = request.sourceDateEpoch
 
         // 1. The root filesystem, in the clear, in its own sparse file: `mke2fs -d` runs in the background,
-        // and its output is encrypted into the QCOW2 as it is written (RootEncryption). A directory goes to
-        // mke2fs at once, while this thread checks it (a failed check stops mke2fs), and its files are read
-        // ahead into the page cache; a tarball is extracted first (which leaves its files cached anyway).
+        // and its output is encrypted into the QCOW2 as it is written (RootEncryption, from the start). A
+        // directory goes to mke2fs at once, while this thread checks it (a failed check stops mke2fs), and its
+        // files are read ahead into the page cache; a tarball is extracted first (which leaves its files cached).
         let ext4Path = scratch.file("root.ext4")
         let ext4 = Ext4Builder(uuid: ext4UUID, hashSeed: hashSeed, timestamp: timestamp)
         var mke2fs: BackgroundWork<Void>?
@@ -102,31 +102,32 @@ public struct ImageBuilder {
             ? realpath(request.rootfs, nil).map { pointer in defer { free(pointer) }; return String(cString: pointer) } : nil
         let prefetch = sourceDirectory.map { TreePrefetch(directory: $0) }
         defer { prefetch?.finish() }
-        mke2fs = sourceDirectory.map(startMke2fs)
-        let tree: PreparedRootTree, commands: [String], passphrase: Passphrase, volumeKey: SecretBytes, qcow: QCOW2Writer
+        let volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
         let qcowPath = scratch.file("image.qcow2")
+        let qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize)
+        let encryption = try RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow,
+                                            targetOffset: layout.rootOffset + LUKSLayout.headerSize)
+        mke2fs = sourceDirectory.map(startMke2fs)
+        encryption.startFollowing()
+        let tree: PreparedRootTree, commands: [String], passphrase: Passphrase
         do {
             tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
             try checkFits(tree: tree, ext4Size: ext4Size)
-            if tree.directory != sourceDirectory {  // a tarball's extraction, or a tree that moved under us
-                abandonMke2fs()
-                if sourceDirectory != nil { unlink(ext4Path) }
+            if sourceDirectory == nil {  // a tarball, now extracted
                 mke2fs = startMke2fs(tree.directory)
+            } else if tree.directory != sourceDirectory {
+                throw RootTreeError.unusable(request.rootfs, reason: "it was moved or replaced while sevimage read it; run again")
             }
             commands = try debugfsCommands(tree: tree, scratch: scratch, ext4UUID: ext4UUID, luksUUID: luksUUIDText)
             passphrase = try request.passphrase ?? Passphrase.generate()
-            volumeKey = try SecretBytes(randomCount: LUKSLayout.volumeKeyBytes)
-            qcow = try QCOW2Writer(creating: qcowPath, virtualSize: layout.diskSize)
         } catch {
             abandonMke2fs()
+            try? encryption.stopFollowing()
             throw error
         }
         FaultInjection.checkpoint("root tree prepared")
 
-        let dataStart = layout.rootOffset + LUKSLayout.headerSize
         progress.step("building the ext4 root filesystem (\(readableSize(ext4Size))) and encrypting it into the QCOW2")
-        let encryption = try RootEncryption(plaintext: ext4Path, size: ext4Size, key: volumeKey, target: qcow, targetOffset: dataStart)
-        encryption.startFollowing()
         let luks: CryptDevice, roles: [Int: String], esp: ESPBuilder
         do {
             (luks, roles, esp) = try buildOuterParts(layout: layout, ids: (diskGUID, espGUID, rootGUID, fatID), luksUUID: luksUUIDText,

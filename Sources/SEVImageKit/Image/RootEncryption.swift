@@ -3,9 +3,9 @@ import Foundation
 /// Encrypts the root filesystem into the QCOW2 while mke2fs is still writing it, then makes the result exact.
 ///
 /// Encrypting the root and writing it to disk take about as long as mke2fs itself, so they start early: a
-/// follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB chunk once its data
-/// stops growing, straight into newly allocated QCOW2 clusters, written with direct I/O (no copy into the
-/// page cache; the disk works while mke2fs does). For each cluster it keeps a fingerprint of the plaintext it
+/// follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB chunk once it is
+/// full or its data stops growing, straight into newly allocated QCOW2 clusters, written with direct I/O (no
+/// copy into the page cache; the disk works while mke2fs does). For each cluster it keeps a fingerprint of the plaintext it
 /// encrypted (`Crypto.Fingerprinter`) and the SHA-256 of the ciphertext it wrote (the cluster's block digest
 /// for the manifest, `ImageDigest`). This is speculative: mke2fs may still change a chunk afterwards
 /// (inode tables and bitmaps are rewritten until it closes, debugfs edits a few blocks, a read may even race
@@ -79,21 +79,26 @@ final class RootEncryption: @unchecked Sendable {
     private func follow(interval: TimeInterval) throws {
         let worker = try Worker(self)
         var plaintext: RawFile?
-        while !isStopped {
-            if stopSignal.wait(timeout: .now() + interval) == .success { return }
+        var lastScan = Date.distantPast
+        while true {
+            // Scans at least `interval` apart (at once when the last scan took longer: the follower is behind).
+            let wait = interval - Date().timeIntervalSince(lastScan)
+            if wait > 0, stopSignal.wait(timeout: .now() + wait) == .success { return }
+            if isStopped { return }
+            lastScan = Date()
             if plaintext == nil { plaintext = try? RawFile(path: plaintextPath, writable: false) }
             guard let plaintext else { continue }
-            // A chunk is encrypted ahead once two scans a moment apart found the same data in it: mke2fs has
-            // moved on. Chunks it still fills, and those it changes later, are handled by `complete`.
+            // A chunk is encrypted ahead once it is full of data, or two scans found the same data in it: mke2fs
+            // has moved on. Chunks it still fills, and those it changes later, are handled by `complete`.
             for (chunk, dataBytes) in try coverage(of: plaintext.dataExtents()) {
                 if isStopped { return }
-                let stable = lock.withLock { () -> Bool in
+                let ready = lock.withLock { () -> Bool in
                     let previous = seen[chunk]
                     if previous == Self.written { return false }
                     seen[chunk] = dataBytes
-                    return previous == dataBytes
+                    return previous == dataBytes || UInt64(dataBytes) == chunkRange(chunk).count
                 }
-                guard stable else { continue }
+                guard ready else { continue }
                 allocate(chunk, clusterMask(chunk: chunk, extents: try plaintext.dataExtents(in: chunkRange(chunk))))
                 try worker.encryptAhead(chunk: chunk, from: plaintext)
                 lock.withLock { seen[chunk] = Self.written }

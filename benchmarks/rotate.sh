@@ -8,7 +8,7 @@
 # files), creates an image of DISK with it (release build), then times, each once:
 #   rotate --no-rehash   the rotation proper: header read, keyslot added, passphrase files, keyslot destroyed,
 #                        each step journaled and fsync'ed; the manifest updated without hashing the image
-#   rotate               the same plus the manifest's new image SHA-256 (the one step that reads all the data)
+#   rotate               the same plus the manifest's new image digest (the one step that reads all the data)
 #   reencrypt            every allocated cluster re-encrypted into a new image (grows with the data by design)
 # and the KDF time of the keyslot's PBKDF2 (its iteration count, measured with openssl).
 # The page cache is dropped before each timed run when run as root.

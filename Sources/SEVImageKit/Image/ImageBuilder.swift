@@ -135,6 +135,7 @@ public struct ImageBuilder {
                                                     scratch: scratch, into: qcow)
             // debugfs, once mke2fs is done: the generated grub.cfg, a tarball's owners and device nodes.
             try mke2fs!.wait().get()
+            prefetch?.finish()
             try ext4.edit(path: ext4Path, tree: tree.directory, debugfsCommands: commands)
         } catch {
             abandonMke2fs()  // the build is abandoned

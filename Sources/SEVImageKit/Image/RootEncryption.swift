@@ -2,19 +2,19 @@ import Foundation
 
 /// Encrypts the root filesystem into the QCOW2 while mke2fs is still writing it, then makes the result exact.
 ///
-/// Encrypting the root and writing it to disk take about as long as mke2fs itself, so they start early: a
-/// follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB chunk once it is
-/// full or its data stops growing, straight into newly allocated QCOW2 clusters, written with direct I/O (no
-/// copy into the page cache; the disk works while mke2fs does). For each cluster it keeps a fingerprint of the plaintext it
-/// encrypted (`Crypto.Fingerprinter`) and the SHA-256 of the ciphertext it wrote (the cluster's block digest
-/// for the manifest, `ImageDigest`). This is speculative: mke2fs may still change a chunk afterwards
-/// (inode tables and bitmaps are rewritten until it closes, debugfs edits a few blocks, a read may even race
-/// with a write). So when the filesystem is final, `complete` gives every cluster still needed its place,
-/// writes the QCOW2's metadata, and then walks the whole file on all cores: the fingerprint of each cluster's
-/// final plaintext says whether the file already holds it (its block digest is then known too) or it must be
-/// encrypted again and written; every other cluster is read back and hashed. The image is then exactly as if
-/// everything had been encrypted at the end: every allocated cluster of
-/// the data segment holds the encryption of the final plaintext, and clusters that hold no data stay
+/// Encrypting the root, hashing it and writing it to disk take about as long as mke2fs itself, so they start
+/// early: a follower thread watches the plaintext file that mke2fs fills and encrypts each 1 MiB chunk once
+/// it is full or its data stops growing, straight into newly allocated QCOW2 clusters, written with direct
+/// I/O (no copy into the page cache; the disk works while mke2fs does). For each cluster it keeps a
+/// fingerprint of the plaintext it encrypted (`Crypto.Fingerprinter`) and the SHA-256 of the ciphertext it
+/// wrote (the cluster's block digest for the manifest, `ImageDigest`). This is speculative: mke2fs may still
+/// change a chunk afterwards (inode tables and bitmaps are rewritten until it closes, debugfs edits a few
+/// blocks, a read may even race with a write). So when the filesystem is final, `complete` gives every
+/// cluster still needed its place, writes the QCOW2's metadata, and then walks the whole file on all cores:
+/// the fingerprint of each cluster's final plaintext says whether the file already holds it (its block
+/// digest is then known too) or it must be encrypted again and written; every other cluster is read back and
+/// hashed. The image is then exactly as if everything had been encrypted at the end: every allocated cluster
+/// of the data segment holds the encryption of the final plaintext, and clusters that hold no data stay
 /// unallocated: they decrypt to noise. ext4 never reads them before writing them: the holes mke2fs leaves
 /// are free blocks, inode-table tails and journal blocks (`lazy_itable_init` and `lazy_journal_init` leave
 /// `INODE_ZEROED` clear, so the kernel zeroes them itself, and fsck and the kernel never read past a group's
@@ -110,10 +110,10 @@ final class RootEncryption: @unchecked Sendable {
 
     /// Once the plaintext is final: gives clusters to the data not encrypted ahead (`wipeFreeSpace`: to the
     /// whole filesystem), writes the QCOW2's metadata, then completes the file on all cores: encrypts and
-    /// writes each data cluster the file does not hold yet, and finds every cluster's block digest.
-    /// Returns the bytes of the data segment that have clusters and the image's digest (`ImageDigest`). Ends with the file
-    /// flushed to disk. Frees the plaintext's space as it goes (it is of no use afterwards). `meter`, given the
-    /// file's length, may return a progress meter for the bytes completed.
+    /// writes each data cluster the file does not hold yet, and finds every cluster's block digest. Returns
+    /// the bytes of the data segment that have clusters and the image's digest (`ImageDigest`). Ends with the
+    /// file flushed to disk. Frees the plaintext's space as it goes (it is of no use afterwards). `meter`,
+    /// given the file's length, may return a progress meter for the bytes completed.
     func complete(wipeFreeSpace: Bool, meter: ((UInt64) -> (@Sendable (UInt64) -> Void)?)? = nil) throws -> (encryptedBytes: UInt64, digest: [UInt8]) {
         precondition(isStopped, "complete after stopFollowing")
         let plaintext = try RawFile(path: plaintextPath, writable: true)

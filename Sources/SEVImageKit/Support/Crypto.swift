@@ -16,15 +16,15 @@ public enum Crypto {
     public static func sha256(_ data: some ContiguousBytes) -> [UInt8] { digest(data, EVP_sha256()) }
 
     /// A SHA-256 digest held without an allocation (for the many block digests of an image).
-    struct SHA256Value: Equatable {
+    struct SHA256Value {
         var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        static func == (a: SHA256Value, b: SHA256Value) -> Bool { a.words == b.words }
     }
 
     /// SHA-256 of `bytes`, written to the 32 bytes at `output`.
     static func sha256(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer) {
         var length: UInt32 = 0
-        _ = EVP_Digest(bytes.baseAddress, bytes.count, output.assumingMemoryBound(to: UInt8.self), &length, EVP_sha256(), nil)
+        let status = EVP_Digest(bytes.baseAddress, bytes.count, output.assumingMemoryBound(to: UInt8.self), &length, EVP_sha256(), nil)
+        precondition(status == 1 && length == 32, "OpenSSL could not compute a SHA-256")
     }
 
     static func sha256Value(_ bytes: UnsafeRawBufferPointer) -> SHA256Value {

@@ -113,6 +113,8 @@ public final class ChildProcesses: @unchecked Sendable {
 
     func add(_ pid: Int32) { lock.withLock { _ = pids.insert(pid) } }
     func remove(_ pid: Int32) { lock.withLock { _ = pids.remove(pid) } }
+    /// The children running now.
+    var running: Set<Int32> { lock.withLock { pids } }
 
     /// Kills every child still running. SIGKILL, not SIGTERM: children started through Foundation's
     /// `Process` inherit our ignored SIGTERM, and their half-written outputs are removed anyway.

@@ -8,7 +8,7 @@ struct LinkCommand: ParsableCommand {
         commandName: "link",
         abstract: "Link an existing image to an OVMF build: rewrite its manifest's firmware section without rebuilding it.",
         discussion: """
-            Checks that the manifest describes the image (its SHA-256), computes the firmware's size, hashes, \
+            Checks that the manifest describes the image (its digest), computes the firmware's size, hashes, \
             secret area and launch digests (modes, vCPU counts and type from the profile: --profile, else the \
             one the image was built with) and replaces the manifest atomically. The image is not touched.
 

@@ -30,7 +30,7 @@ struct Rotate: ParsableCommand {
     @Flag(help: "Keep the replaced IMAGE.passphrase as IMAGE.passphrase.old.")
     var keepOldPassphrase = false
 
-    @Flag(help: "Leave the manifest's image SHA-256 as it was instead of hashing the image again (the only step whose time grows with the data).")
+    @Flag(help: "Leave the manifest's image digest as it was instead of hashing the image again (the only step whose time grows with the data).")
     var noRehash = false
 
     @Flag(help: "Print one JSON object with the result on stdout.")

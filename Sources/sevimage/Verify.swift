@@ -8,7 +8,7 @@ struct VerifyCommand: ParsableCommand {
         commandName: "verify",
         abstract: "Check every claim of an image's manifest against the image (and the firmware and passphrase, when given).",
         discussion: """
-            Checks the image's SHA-256, virtual size, disk GUID, each partition (type, GUID, LBAs, name, \
+            Checks the image's digest, virtual size, disk GUID, each partition (type, GUID, LBAs, name, \
             filesystem and its UUID) and the LUKS header (UUID, version, cipher, key size, sector size, data \
             offset, keyslots). With --ovmf, the firmware's size, hashes, secret area and every launch digest \
             are recomputed. With --passphrase-file, a keyslot must open and the ext4 inside must carry the \

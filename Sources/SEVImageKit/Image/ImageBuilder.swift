@@ -146,10 +146,10 @@ public struct ImageBuilder {
         FaultInjection.checkpoint("ext4 built")
 
         // 5. The root's data: clusters for what the follower did not write ahead (every cluster ext4 uses, or the
-        // whole partition with wipe_free_space), the QCOW2's metadata, then the whole file completed in order
+        // whole partition with wipe_free_space), the QCOW2's metadata, then the whole file completed on all cores
         // (what the follower wrote ahead checked by fingerprint against the final filesystem), and
-        // 6. its SHA-256 for the manifest, fed from the same buffers.
-        progress.step("completing the image: the rest of the root filesystem, the QCOW2's metadata, its SHA-256")
+        // 6. the image digest for the manifest, from the block digests of the follower and of this step.
+        progress.step("completing the image: the rest of the root filesystem, the QCOW2's metadata, its digest")
         let (total, digest) = try encryption.complete(wipeFreeSpace: profile.wipeFreeSpace,
                                                       meter: { progress.meter("completing the image", total: $0) })
         let imageBytes = qcow.fileSize ?? 0

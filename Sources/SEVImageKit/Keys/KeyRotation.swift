@@ -9,7 +9,7 @@ public struct RotateRequest: Sendable {
     public var newPassphrase: Passphrase?
     /// Keep the replaced `IMAGE.passphrase` as `IMAGE.passphrase.old`.
     public var keepOldPassphrase = false
-    /// Recompute the manifest's image SHA-256 (the only step whose cost grows with the image's data).
+    /// Recompute the manifest's image digest (the only step whose cost grows with the image's data).
     public var rehash = true
 
     public init(image: String, passphrase: Passphrase) {
@@ -57,7 +57,7 @@ struct RotationState: Codable {
 ///     3. add a PBKDF2 keyslot      journaled header write (HeaderJournal)
 ///     4. IMAGE.passphrase          replaced atomically by the new one (the old one kept as .old if asked)
 ///     5. destroy the old keyslot   journaled header write
-///     6. manifest                  keyslots, a rotation record, the image's new SHA-256
+///     6. manifest                  keyslots, a rotation record, the image's new digest
 ///     7. remove .new, then the state file
 public struct KeyRotation {
     public static let volumeKeyNote = "rotation replaced the passphrase's keyslot but kept the volume key that encrypts the data: "

@@ -18,9 +18,6 @@ public enum ImageDigest {
     public static let blockSize = 1 << 16
     public static let leafSize = 32
 
-    /// The image digest from the block digests (`leafSize` bytes each, in file order).
-    static func combine(_ leaves: UnsafeRawBufferPointer) -> [UInt8] { Crypto.sha256(leaves) }
-
     /// The digest of a file, read and hashed on every core.
     public static func of(file path: String) throws -> [UInt8] {
         let file = try RawFile(path: path, writable: false)
@@ -74,8 +71,9 @@ public enum ImageDigest {
             withUnsafeBytes(of: digest) { (storage.baseAddress! + index * ImageDigest.leafSize).copyMemory(from: $0.baseAddress!, byteCount: ImageDigest.leafSize) }
         }
 
+        /// The image digest: SHA-256 over the block digests, in file order.
         func combined() -> [UInt8] {
-            ImageDigest.combine(UnsafeRawBufferPointer(rebasing: storage[0..<(count * ImageDigest.leafSize)]))
+            Crypto.sha256(UnsafeRawBufferPointer(rebasing: storage[0..<(count * ImageDigest.leafSize)]))
         }
     }
 }

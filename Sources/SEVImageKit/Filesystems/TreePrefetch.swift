@@ -30,7 +30,7 @@ final class TreePrefetch: @unchecked Sendable {
     /// Starts walking `directory` in the background, at most `window` bytes ahead of `readers` (the
     /// processes that read the tree: the children, mke2fs among them).
     init(directory: String, window: UInt64 = 256 << 20,
-                readers: @escaping @Sendable () -> Set<Int32> = { ChildProcesses.shared.running }) {
+         readers: @escaping @Sendable () -> Set<Int32> = { ChildProcesses.shared.running }) {
         self.window = window
         self.readers = readers
         done.enter()
@@ -42,8 +42,8 @@ final class TreePrefetch: @unchecked Sendable {
         thread.start()
     }
 
-    /// Stops the walk (if still running), drops what mke2fs has not been seen to pass (it is done, or
-    /// abandoned), and waits for the thread to end. Safe to call more than once.
+    /// Stops the walk (if still running), drops what is left of a cold tree (mke2fs is done, or abandoned),
+    /// and waits for the thread to end. Safe to call more than once.
     func finish() {
         lock.withLock { stopped = true }
         done.wait()

@@ -47,6 +47,7 @@ final class RootEncryption: @unchecked Sendable {
 
     init(plaintext: String, size: UInt64, key: SecretBytes, target: QCOW2Writer, targetOffset: UInt64) throws {
         precondition(targetOffset % target.clusterSize == 0, "the data segment must start on a cluster")
+        precondition(target.clusterSize == UInt64(ImageDigest.blockSize), "a block digest is kept per host cluster")
         plaintextPath = plaintext
         self.size = size
         self.key = key

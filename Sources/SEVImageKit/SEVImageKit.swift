@@ -4,5 +4,5 @@
 /// Firmware (OVMF table, launch digests), Secret (passphrase, secret table, LAUNCH_SECRET, QMP),
 /// Manifest, Profiles, Boot (QEMU), Support (errors, secrets, files, processes).
 public enum SEVImageKit {
-    public static let version = "0.2.0"
+    public static let version = "0.3.0"
 }

@@ -10,6 +10,10 @@ struct Create: ParsableCommand {
         (mode 0600, the generated 256-bit passphrase that becomes the SEV secret). Nothing appears at
         those paths unless the whole build succeeds. Needs no root, no mount and no device-mapper.
 
+        The root boots with one unlock: GRUB opens it with the passphrase, and the tree's initramfs
+        (initramfs-tools with cryptsetup-initramfs, or dracut with cryptsetup) opens it again with a key
+        that sevimage writes into /boot/sevimage-unlock.img inside the encrypted root.
+
         Example: sevimage create --rootfs ./rootfs --output vm.qcow2 --size 8G
         """
     )
@@ -38,11 +42,11 @@ struct Create: ParsableCommand {
     @Option(help: ArgumentHelp("Add a second keyslot for this recovery passphrase (a person's; PBKDF2 with the profile's recovery iterations).", valueName: "file"))
     var recoveryPassphraseFile: String?
 
-    @Option(help: ArgumentHelp("Add a keyslot for this key file, which your initramfs already carries (PBKDF2, minimum iterations).", valueName: "file"))
+    @Option(help: ArgumentHelp("Add a keyslot for this key file, which your initramfs already carries (PBKDF2, minimum iterations), instead of writing /boot/sevimage-unlock.img.", valueName: "file"))
     var initramfsKeyfile: String?
 
-    @Flag(help: "Generate a 64-byte key file, add its keyslot, and install it in the root as /etc/cryptsetup-keys.d/root.key with an /etc/crypttab line.")
-    var generateInitramfsKeyfile = false
+    @Flag(help: "Write no /boot/sevimage-unlock.img and add no keyslot for it (profile key [boot] initramfs_unlock): the initramfs then unlocks the root its own way, or asks for the passphrase again.")
+    var noInitramfsUnlock = false
 
     @Flag(help: "Encrypt the whole root partition, free space included, so that the image shows no used-block pattern (slower, larger).")
     var wipeFreeSpace = false
@@ -64,6 +68,7 @@ struct Create: ParsableCommand {
         if let size { profile.diskSize = try parseSize(size) }
         if wipeFreeSpace { profile.wipeFreeSpace = true }
         if standardBootOnly { profile.allowStandardBootOnly = true }
+        if noInitramfsUnlock { profile.initramfsUnlock = false }
         var request = CreateRequest(rootfs: rootfs, output: output, profile: profile)
         request.force = force
         request.ovmf = ovmf
@@ -71,10 +76,7 @@ struct Create: ParsableCommand {
         request.passphrase = try passphraseFile.map { try Passphrase.read(from: $0) }
         request.recoveryPassphrase = try recoveryPassphraseFile.map { try Passphrase.read(from: $0) }
         request.sourceDateEpoch = try sourceDateEpoch()
-        if initramfsKeyfile != nil && generateInitramfsKeyfile {
-            throw GeneralError.invalidArgument("give either --initramfs-keyfile FILE or --generate-initramfs-keyfile, not both")
-        }
-        request.initramfsKeyfile = try generateInitramfsKeyfile ? .generate() : initramfsKeyfile.map(InitramfsKeyfile.read(from:))
+        request.initramfsKeyfile = try initramfsKeyfile.map(InitramfsKeyfile.read(from:))
         let json = self.json || profile.json
         let result = try ImageBuilder(request: request, progress: Progress(quiet: quiet || profile.quiet || json)).run()
         if json { try printJSON(result) }

@@ -8,6 +8,8 @@ public enum BootError: SEVImageError {
     case passphraseRefused
     /// The image's embedded GRUB config stopped the boot and said why.
     case grubStopped(String)
+    /// After GRUB, the guest stopped where it waits for a person: `sign` is what it printed.
+    case guestStuck(String)
     /// The whole boot took longer than allowed; `stage` says what it was still waiting for.
     case timedOut(seconds: Int, stage: String)
     /// The guest powered off (or QEMU exited cleanly) without printing the expected text.
@@ -21,7 +23,7 @@ public enum BootError: SEVImageError {
         switch self {
         case .imageMissing, .firmwareMissing, .invalidMemory, .invalidTimeout: .invalidInput
         case .passphraseRefused: .wrongPassphrase
-        case .grubStopped, .timedOut, .poweredOffWithoutExpectedText, .qemuFailed, .kvmUnusable: .failure
+        case .grubStopped, .guestStuck, .timedOut, .poweredOffWithoutExpectedText, .qemuFailed, .kvmUnusable: .failure
         }
     }
 
@@ -42,6 +44,8 @@ public enum BootError: SEVImageError {
             "the passphrase was refused by GRUB"
         case .grubStopped(let line):
             "grub stopped the boot: \(line)"
+        case .guestStuck(let sign):
+            "the guest got stuck after GRUB: it printed \"\(sign)\" (a second passphrase prompt, a rescue shell or a panic)"
         case .timedOut(let seconds, let stage):
             "the guest did not boot within \(seconds) seconds (still \(stage)); qemu was stopped"
         case .poweredOffWithoutExpectedText(let text):

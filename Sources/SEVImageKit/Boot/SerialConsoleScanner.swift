@@ -19,7 +19,16 @@ public final class SerialConsoleScanner {
         case grubStopped(String)
         /// The expected text (by default the demo init's `SEVIMAGE-BOOT-OK`).
         case expectedText
+        /// The booted system stopped where no one will answer: the initramfs asking for the passphrase a second
+        /// time, its rescue shell, systemd's emergency mode, a kernel panic. The text is what it printed.
+        case guestStuck(String)
     }
+
+    /// What the guest prints when it is stuck after GRUB (initramfs-tools, systemd, dracut, the kernel).
+    static let stuckSigns = [
+        "Please unlock disk", "Please enter passphrase for disk", "Dropping to a shell!", "You are in emergency mode",
+        "Entering emergency mode", "Give root password for maintenance", "Kernel panic - not syncing",
+    ].map { Array($0.utf8) }
 
     /// What the image's embedded GRUB config prints before it halts.
     static let stopPrefix = Array("sevimage: ".utf8)
@@ -86,6 +95,7 @@ public final class SerialConsoleScanner {
         consider(.passphrasePrompt, pending.firstRange(of: Self.prompt))
         for refusal in Self.refusals { consider(.passphraseRefused, pending.firstRange(of: refusal)) }
         if !expected.isEmpty { consider(.expectedText, pending.firstRange(of: expected)) }
+        for sign in Self.stuckSigns { consider(.guestStuck(String(decoding: sign, as: UTF8.self)), pending.firstRange(of: sign)) }
         if let start = pending.firstRange(of: Self.stopPrefix) {
             if let newline = pending[start.upperBound...].firstIndex(of: 0x0A) {
                 let line = String(decoding: pending[start.lowerBound..<newline], as: UTF8.self)

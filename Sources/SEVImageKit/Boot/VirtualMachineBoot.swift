@@ -197,6 +197,7 @@ public enum VirtualMachineBoot {
         }
         if run.refused { throw BootError.passphraseRefused }
         if let line = run.grubStopped { throw BootError.grubStopped(line) }
+        if let sign = run.guestStuck { throw BootError.guestStuck(sign) }
         if accelerator == .kvm && !run.sawOutput {
             return .kvmFailed(run.kvmFailure ?? "qemu exited with status \(status): \(run.lastMessage)")
         }
@@ -226,6 +227,8 @@ struct ConsoleRun {
     var expectedSeconds: Double?
     var refused = false
     var grubStopped: String?
+    /// What the guest printed when it got stuck after GRUB (a second passphrase prompt, an emergency shell).
+    var guestStuck: String?
     /// When to stop the guest once the outcome is known.
     var finishBy: ContinuousClock.Instant?
     /// The end of QEMU's stderr (a KVM failure dumps registers there).
@@ -282,6 +285,9 @@ struct ConsoleRun {
                 finishBy = finishBy ?? ContinuousClock.now + VirtualMachineBoot.grace
             case .expectedText:
                 if expectedSeconds == nil && !refused { expectedSeconds = elapsed }
+                finishBy = finishBy ?? ContinuousClock.now + VirtualMachineBoot.grace
+            case .guestStuck(let sign):
+                if guestStuck == nil && expectedSeconds == nil { guestStuck = sign }
                 finishBy = finishBy ?? ContinuousClock.now + VirtualMachineBoot.grace
             }
         }

@@ -45,7 +45,7 @@ public struct Ext4Builder: Sendable {
         // MKE2FS_CONFIG=/dev/null: the features below are the whole configuration, whatever the host's mke2fs.conf says.
         let arguments = [
             "-q", "-F", "-t", "ext4", "-b", String(blockSize),
-            "-O", "has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize,^resize_inode",
+            "-O", "has_journal,ext_attr,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize,^resize_inode",
             "-I", "256", "-i", "16384",
             "-L", label, "-U", uuid.description,
             "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,hash_seed=\(hashSeed.description)",

@@ -106,7 +106,8 @@ extension GrubImage {
 /// The `/boot/grub/grub.cfg` written into the root when the tree brings none.
 public struct GrubRootConfig: Sendable {
     public var kernel: String
-    public var initrd: String?
+    /// The initrd files, in the order GRUB loads them (the tree's, then sevimage's unlock archive): all relative to `/boot`.
+    public var initrds: [String]
     public var commandLine: String
     public var timeout: Int
 
@@ -120,22 +121,33 @@ public struct GrubRootConfig: Sendable {
             "menuentry 'Linux \(kernel)' {",
             "  linux /boot/\(kernel) \(commandLine)",
         ]
-        if let initrd { lines.append("  initrd /boot/\(initrd)") }
+        if !initrds.isEmpty { lines.append("  initrd " + initrds.map { "/boot/" + $0 }.joined(separator: " ")) }
         lines += ["}", ""]
         return lines.joined(separator: "\n")
     }
 
-    /// Picks the newest `/boot/vmlinuz*` of a tree (version order) and its matching initrd.
+    /// The generated kernel command line: the root by its ext4 UUID, mounted read-write, and the LUKS volume
+    /// that holds it (dracut and systemd open only what `rd.luks.uuid=` names), then the profile's words.
+    public static func commandLine(rootUUID: String, luksUUID: String, profile: Profile) -> String {
+        if profile.replaceKernelCommandLine {
+            return profile.kernelCommandLine.replacingOccurrences(of: "@ROOT_UUID@", with: rootUUID)
+                .replacingOccurrences(of: "@LUKS_UUID@", with: luksUUID)
+        }
+        return (["root=UUID=\(rootUUID)", "rd.luks.uuid=\(luksUUID)", "rw"] + (profile.kernelCommandLine.isEmpty ? [] : [profile.kernelCommandLine]))
+            .joined(separator: " ")
+    }
+
+    /// Picks the newest `/boot/vmlinuz*` of a tree (version order) and its matching initrd. `/boot` is read
+    /// inside the tree: a `boot` symlink that leads out of it leads nowhere.
     public static func findKernel(inTree tree: String) throws -> (kernel: String, initrd: String?) {
-        let boot = tree + "/boot"
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: boot)) ?? []
-        let kernels = names.filter { $0.hasPrefix("vmlinuz") }.sorted { versionLess($0, $1) }
+        let names = TreePath.contents(ofDirectory: "boot", in: tree)
+        let kernels = names.filter { $0.hasPrefix("vmlinuz") && TreePath.isRegularFile("boot/" + $0, in: tree) }.sorted { versionLess($0, $1) }
         guard let kernel = kernels.last else { throw ImageBuildError.noKernel(tree) }
         let version = kernel.hasPrefix("vmlinuz-") ? String(kernel.dropFirst("vmlinuz-".count)) : ""
         let candidates = version.isEmpty
             ? ["initrd.img", "initrd", "initramfs.img"]
             : ["initrd.img-\(version)", "initrd-\(version).img", "initramfs-\(version).img", "initrd-\(version)"]
-        return (kernel, candidates.first { names.contains($0) })
+        return (kernel, candidates.first { names.contains($0) && TreePath.isRegularFile("boot/" + $0, in: tree) })
     }
 }
 

@@ -14,7 +14,8 @@ public struct CreateRequest: Sendable {
     public var seed: String?
     /// `SOURCE_DATE_EPOCH`: every timestamp written, and the manifest's creation time.
     public var sourceDateEpoch: Int64?
-    /// `--initramfs-keyfile` / `--generate-initramfs-keyfile`: a second keyslot for the initramfs (InitramfsKeyfile.swift).
+    /// `--initramfs-keyfile`: the author's own key file, which their initramfs carries; it replaces the unlock
+    /// archive that `[boot] initramfs_unlock` otherwise writes (InitramfsKeyfile.swift).
     public var initramfsKeyfile: InitramfsKeyfile?
 
     public init(rootfs: String, output: String, profile: Profile) {
@@ -37,6 +38,8 @@ public struct CreateResult: Sendable, Codable {
     public var imageBytes: UInt64
     public var encryptedBytes: UInt64
     public var luksUUID: String
+    /// What the image boots: kernel, initrd and its kind, the unlock archive, the grub.cfg.
+    public var boot: Manifest.Boot
     public var seconds: Double
 }
 
@@ -78,9 +81,9 @@ public struct ImageBuilder {
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
         let luksUUID = try ids.guid("luks"), ext4UUID = try ids.guid("ext4"), hashSeed = try ids.guid("ext4-hash-seed")
         let fatID = try ids.uint32("fat")
-        // libcryptsetup stores the LUKS UUID through libuuid, which spells it in upper case; blkid and
-        // /dev/disk/by-uuid show that spelling, so the grub.cfg, crypttab and manifest use it too.
-        let luksUUIDText = luksUUID.description.uppercased()
+        // Lower case everywhere, as libcryptsetup stores it and blkid, udev's /dev/disk/by-uuid and systemd spell
+        // it: they compare UUIDs as exact strings, so an upper-case root=UUID= or crypttab line is never found.
+        let luksUUIDText = luksUUID.description
         let timestamp = request.sourceDateEpoch
 
         // 1. The root filesystem, in the clear, in its own sparse file: `mke2fs -d` runs in the background,
@@ -109,7 +112,7 @@ public struct ImageBuilder {
                                             targetOffset: layout.rootOffset + LUKSLayout.headerSize)
         mke2fs = sourceDirectory.map(startMke2fs)
         encryption.startFollowing()
-        let tree: PreparedRootTree, commands: [String], passphrase: Passphrase
+        let tree: PreparedRootTree, commands: [String], boot: BootPlan, passphrase: Passphrase
         do {
             tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
             try checkFits(tree: tree, ext4Size: ext4Size)
@@ -118,7 +121,10 @@ public struct ImageBuilder {
             } else if tree.directory != sourceDirectory {
                 throw RootTreeError.unusable(request.rootfs, reason: "it was moved or replaced while sevimage read it; run again")
             }
-            commands = try debugfsCommands(tree: tree, scratch: scratch, ext4UUID: ext4UUID, luksUUID: luksUUIDText)
+            boot = try BootPlan.make(tree: tree.directory, request: request, ext4UUID: ext4UUID.description, luksUUID: luksUUIDText)
+            boot.notes.forEach { progress.step($0) }
+            commands = tree.debugfsCommands + (try boot.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUIDText,
+                                                                         mtime: timestamp ?? 0))
             passphrase = try request.passphrase ?? Passphrase.generate()
         } catch {
             abandonMke2fs()
@@ -132,7 +138,7 @@ public struct ImageBuilder {
         do {
             (luks, roles, esp) = try buildOuterParts(layout: layout, ids: (diskGUID, espGUID, rootGUID, fatID), luksUUID: luksUUIDText,
                                                     ext4UUID: ext4UUID, passphrase: passphrase, volumeKey: volumeKey,
-                                                    scratch: scratch, into: qcow)
+                                                    initramfsKey: boot.initramfsKey, scratch: scratch, into: qcow)
             // debugfs, once mke2fs is done: the generated grub.cfg, a tarball's owners and device nodes.
             try mke2fs!.wait().get()
             prefetch?.finish()
@@ -178,7 +184,7 @@ public struct ImageBuilder {
             secret: .init(tableGUID: KnownGUID.secretTableHeader.description, entryGUID: KnownGUID.diskPassphraseEntry.description,
                           passphraseFile: request.passphrase == nil ? (request.passphrasePath as NSString).lastPathComponent : nil),
             profile: profile.name, firmware: firmware,
-            reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded))
+            reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded), boot: boot.summary)
         let manifestTemp = scratch.file("manifest.json")
         try manifest.encoded().write(to: URL(fileURLWithPath: manifestTemp))
         FaultInjection.checkpoint("manifest written")
@@ -211,31 +217,14 @@ public struct ImageBuilder {
         return CreateResult(image: request.output, manifest: request.manifestPath,
                             passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,
                             virtualSize: layout.diskSize, imageBytes: imageBytes, encryptedBytes: total,
-                            luksUUID: luksUUIDText, seconds: Date().timeIntervalSince(started))
-    }
-
-    /// What debugfs adds to the root: the tree's own commands (a tarball's owners, device nodes), a generated
-    /// `/boot/grub/grub.cfg` unless the tree has one, and the initramfs key file.
-    func debugfsCommands(tree: PreparedRootTree, scratch: TemporaryDirectory, ext4UUID: GUID, luksUUID: String) throws -> [String] {
-        var commands = tree.debugfsCommands
-        let (kernel, initrd) = try GrubRootConfig.findKernel(inTree: tree.directory)
-        if !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub/grub.cfg") {
-            let cfg = GrubRootConfig(kernel: kernel, initrd: initrd,
-                                     commandLine: "root=UUID=\(ext4UUID) rd.luks.uuid=\(luksUUID) \(request.profile.kernelCommandLine)",
-                                     timeout: request.profile.grubTimeout)
-            let cfgPath = scratch.file("grub.cfg")
-            try Data(cfg.text.utf8).write(to: URL(fileURLWithPath: cfgPath))
-            commands += debugfsInstall(cfgPath, at: "/boot/grub/grub.cfg",
-                                       makeDirectory: !FileManager.default.fileExists(atPath: tree.directory + "/boot/grub"))
-        }
-        if let keyfile = request.initramfsKeyfile { commands += try keyfile.debugfsCommands(tree: tree.directory, scratch: scratch, luksUUID: luksUUID) }
-        return commands
+                            luksUUID: luksUUIDText, boot: boot.summary, seconds: Date().timeIntervalSince(started))
     }
 
     /// Steps 2 to 4, while mke2fs runs: the GPT, the ESP with GRUB and the LUKS2 header with its keyslots, built
     /// in a small sparse raw disk and copied into the QCOW2 (its zero clusters left out, the header area whole).
     func buildOuterParts(layout: DiskLayout, ids: (disk: GUID, esp: GUID, root: GUID, fat: UInt32), luksUUID: String,
-                         ext4UUID: GUID, passphrase: Passphrase, volumeKey: SecretBytes, scratch: TemporaryDirectory,
+                         ext4UUID: GUID, passphrase: Passphrase, volumeKey: SecretBytes, initramfsKey: InitramfsKeyfile?,
+                         scratch: TemporaryDirectory,
                          into qcow: QCOW2Writer) throws -> (CryptDevice, [Int: String], ESPBuilder) {
         let profile = request.profile, timestamp = request.sourceDateEpoch
         // 2. The raw disk with its GPT.
@@ -273,12 +262,13 @@ public struct ImageBuilder {
             progress.step("adding the recovery keyslot (PBKDF2 \(profile.recoveryPbkdf2Iterations) iterations)")
             roles[try luks.addKeyslot(volumeKey: volumeKey, passphrase: recovery.secret, iterations: profile.recoveryPbkdf2Iterations)] = "recovery"
         }
-        if let keyfile = request.initramfsKeyfile { roles[try keyfile.addKeyslot(to: luks, volumeKey: volumeKey)] = "keyfile" }
+        if let key = initramfsKey { roles[try key.addKeyslot(to: luks, volumeKey: volumeKey)] = key.installsInRoot ? "initramfs" : "keyfile" }
         let header = try RawFile(path: headerPath, writable: true)
         for range in try luks.unusedKeyslotRanges() {
             let noise = try randomBytes(Int(range.count))
             try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
         }
+        try LUKS2UUIDCase.lowercase(path: headerPath)
         try header.copyData(in: 0..<LUKSLayout.headerSize, to: disk, at: layout.rootOffset)
         FaultInjection.checkpoint("luks header written")
 
@@ -296,19 +286,6 @@ public struct ImageBuilder {
         if needed > ext4Size {
             throw ImageBuildError.treeLargerThanPartition(needed: needed, available: ext4Size)
         }
-    }
-
-    /// debugfs commands that copy a local file into the image, owned by root with mode 0644.
-    func debugfsInstall(_ local: String, at target: String, makeDirectory: Bool) -> [String] {
-        let directory = (target as NSString).deletingLastPathComponent
-        var commands: [String] = []
-        if makeDirectory {
-            commands += ["mkdir \"\(directory)\"", "set_inode_field \"\(directory)\" mode 040755",
-                         "set_inode_field \"\(directory)\" uid 0", "set_inode_field \"\(directory)\" gid 0"]
-        }
-        commands += ["write \"\(local)\" \"\(target)\"",
-                     "set_inode_field \"\(target)\" mode 0100644", "set_inode_field \"\(target)\" uid 0", "set_inode_field \"\(target)\" gid 0"]
-        return commands
     }
 }
 

@@ -1,24 +1,36 @@
 import Foundation
 
-/// A second LUKS keyslot for a key file that the initramfs uses to unlock the root again without a
-/// prompt (GRUB unlocked it once with the passphrase; the kernel cannot reuse GRUB's volume key).
+/// A LUKS keyslot for the initramfs, which must open the root a second time: GRUB unlocked it with the
+/// passphrase, but the kernel cannot reuse GRUB's volume key (and GRUB wipes the SEV secret after use).
 ///
-/// Either the image author's own key file (their initramfs already carries it: only the keyslot is
-/// added), or a generated one: 64 bytes from the CSPRNG, written inside the encrypted root as
-/// `/etc/cryptsetup-keys.d/root.key` (mode 0400, root) with a matching `/etc/crypttab` line. The
-/// keyslot is PBKDF2 with libcryptsetup's minimum iterations: the key is random, a slow KDF adds nothing.
+/// Two kinds:
+/// - **The unlock archive** (the default, `[boot] initramfs_unlock`): 64 random bytes in a keyslot of their
+///   own, written with the crypttab entry into `/boot/sevimage-unlock.img`, a small uncompressed cpio inside
+///   the encrypted root that GRUB loads after the tree's own initrd. The kernel unpacks the archives in order,
+///   so the tree's initramfs finds, without any change to it or to the tree:
+///
+///       /cryptroot/crypttab                    root UUID=<luks uuid> /cryptroot/keyfiles/root.key luks
+///       /cryptroot/keyfiles/root.key           initramfs-tools (cryptsetup-initramfs) reads these two
+///       /etc/cryptsetup-keys.d/luks-<uuid>.key systemd-cryptsetup (dracut) finds it for rd.luks.uuid=<uuid>
+///
+///   The key is as safe as the kernel next to it: both are inside the encrypted root.
+/// - **The author's own key file** (`--initramfs-keyfile`): their initramfs already carries it; only its
+///   keyslot is added, and nothing is written into the tree.
+///
+/// Either keyslot is PBKDF2 with libcryptsetup's minimum iterations: a random key gains nothing from a slow KDF.
 public struct InitramfsKeyfile: Sendable {
-    /// Where a generated key lives inside the root, and the crypttab's name for the volume.
-    public static let targetPath = "/etc/cryptsetup-keys.d/root.key"
+    /// Where the unlock archive lives inside the root, and GRUB's name for it.
+    public static let archivePath = "/boot/sevimage-unlock.img"
+    /// initramfs-tools' name of the opened volume (`/dev/mapper/root`).
     public static let mappingName = "root"
     public static let generatedBytes = 64
     public static let maximumBytes = 8192
 
     public let key: SecretBytes
-    /// True for a generated key: it is installed in the root with its crypttab entry.
+    /// True for a generated key: it goes into the unlock archive.
     public let installsInRoot: Bool
 
-    /// 64 random bytes, installed in the root.
+    /// 64 random bytes for the unlock archive.
     public static func generate() throws -> InitramfsKeyfile {
         InitramfsKeyfile(key: try SecretBytes(randomCount: generatedBytes), installsInRoot: true)
     }
@@ -55,47 +67,47 @@ public struct InitramfsKeyfile: Sendable {
         return InitramfsKeyfile(key: SecretBytes(buffer[0..<length]), installsInRoot: false)
     }
 
-    /// The `/etc/crypttab` line for the root.
+    /// The crypttab line of the unlock archive (initramfs-tools' `/cryptroot/crypttab`).
     public static func crypttabLine(luksUUID: String) -> String {
-        "\(mappingName) UUID=\(luksUUID) \(targetPath) luks,discard"
+        "\(mappingName) UUID=\(luksUUID) /cryptroot/keyfiles/\(mappingName).key luks"
     }
 
-    /// debugfs commands that install a generated key and the crypttab entry (none for the author's own key).
-    /// An existing `/etc/crypttab` in the tree is kept, with any `root` line replaced by ours.
-    public func debugfsCommands(tree: String, scratch: TemporaryDirectory, luksUUID: String) throws -> [String] {
+    /// The unlock archive's bytes. Secret: the caller wipes them.
+    func unlockArchive(luksUUID: String, mtime: Int64) -> SecretBytes {
+        let key = self.key.withUnsafeBytes { Array($0) }
+        var archive = Cpio.archive([
+            .init(path: "cryptroot", mode: UInt32(S_IFDIR) | 0o755),
+            .init(path: "cryptroot/crypttab", mode: UInt32(S_IFREG) | 0o644, data: Array((Self.crypttabLine(luksUUID: luksUUID) + "\n").utf8)),
+            .init(path: "cryptroot/keyfiles", mode: UInt32(S_IFDIR) | 0o700),
+            .init(path: "cryptroot/keyfiles/\(Self.mappingName).key", mode: UInt32(S_IFREG) | 0o400, data: key),
+            .init(path: "etc", mode: UInt32(S_IFDIR) | 0o755),
+            .init(path: "etc/cryptsetup-keys.d", mode: UInt32(S_IFDIR) | 0o700),
+            .init(path: "etc/cryptsetup-keys.d/luks-\(luksUUID).key", mode: UInt32(S_IFREG) | 0o400, data: key),
+        ], mtime: mtime)
+        defer {
+            archive.withUnsafeMutableBytes { wipe($0) }
+            var copy = key
+            copy.withUnsafeMutableBytes { wipe($0) }
+        }
+        return SecretBytes(archive[...])
+    }
+
+    /// debugfs commands that install the unlock archive at `archivePath` (root, mode 0600), replacing one the
+    /// tree has; none for the author's own key. The archive goes through a 0600 file in the private work directory.
+    public func debugfsCommands(tree: String, scratch: TemporaryDirectory, luksUUID: String, mtime: Int64) throws -> [String] {
         guard installsInRoot else { return [] }
-        let fm = FileManager.default
-        let keyPath = scratch.file("initramfs.key")
-        let fd = open(keyPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw GeneralError.io("create", path: keyPath, errno: errno) }
+        let local = scratch.file("sevimage-unlock.img")
+        let fd = open(local, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw GeneralError.io("create", path: local, errno: errno) }
         defer { close(fd) }
-        try key.withUnsafeBytes { bytes in
+        try unlockArchive(luksUUID: luksUUID, mtime: mtime).withUnsafeBytes { bytes in
             guard Foundation.write(fd, bytes.baseAddress!, bytes.count) == bytes.count else {
-                throw GeneralError.io("write", path: keyPath, errno: errno)
+                throw GeneralError.io("write", path: local, errno: errno)
             }
         }
-        var existing: [String] = []
-        if let text = try? String(contentsOfFile: tree + "/etc/crypttab", encoding: .utf8) {
-            existing = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-                .filter { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).first.map(String.init) != Self.mappingName }
-            while existing.last?.isEmpty == true { existing.removeLast() }
-        }
-        let crypttabPath = scratch.file("crypttab")
-        try Data((existing + [Self.crypttabLine(luksUUID: luksUUID)]).joined(separator: "\n").appending("\n").utf8)
-            .write(to: URL(fileURLWithPath: crypttabPath))
-
-        var commands: [String] = []
-        func owned(_ path: String, mode: String) -> [String] {
-            ["set_inode_field \(path) mode \(mode)", "set_inode_field \(path) uid 0", "set_inode_field \(path) gid 0"]
-        }
-        let keyDirectory = (Self.targetPath as NSString).deletingLastPathComponent
-        if !fm.fileExists(atPath: tree + "/etc") { commands += ["mkdir /etc"] + owned("/etc", mode: "040755") }
-        if !fm.fileExists(atPath: tree + keyDirectory) { commands += ["mkdir \(keyDirectory)"] + owned(keyDirectory, mode: "040700") }
-        if fm.fileExists(atPath: tree + Self.targetPath) { commands.append("rm \(Self.targetPath)") }
-        commands += ["write \"\(keyPath)\" \(Self.targetPath)"] + owned(Self.targetPath, mode: "0100400")
-        if fm.fileExists(atPath: tree + "/etc/crypttab") { commands.append("rm /etc/crypttab") }
-        commands += ["write \"\(crypttabPath)\" /etc/crypttab"] + owned("/etc/crypttab", mode: "0100644")
-        return commands
+        let target = RootTree.debugfsQuoted(Self.archivePath)
+        let replace = TreePath.exists(Self.archivePath, in: tree) ? ["rm \(target)"] : []
+        return replace + ["write \"\(local)\" \(target)"] + BootPlan.rootOwned(target, mode: "0100600")
     }
 
     /// Adds the key's keyslot (PBKDF2-SHA256, minimum iterations) and returns its number.

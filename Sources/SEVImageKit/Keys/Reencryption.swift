@@ -200,6 +200,7 @@ public struct Reencryption {
             let noise = try randomBytes(Int(range.count))
             try noise.withUnsafeBytes { try header.write($0, at: range.lowerBound) }
         }
+        try LUKS2UUIDCase.lowercase(path: headerPath)
         var headerBytes = [UInt8](repeating: 0, count: Int(LUKSLayout.headerSize))
         try headerBytes.withUnsafeMutableBytes { try header.read(into: $0, at: 0) }
 

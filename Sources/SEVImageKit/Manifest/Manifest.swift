@@ -20,6 +20,22 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var firmware: FirmwareLink?
     public var reproducible: Reproducibility
     public var rotations: [Rotation] = []
+    /// How the root boots: written by `create` from sevimage 0.3 on (nil in older manifests).
+    public var boot: Boot? = nil
+
+    /// What `create` found in the tree and wrote for its boot (paths inside the root). Nothing here is secret.
+    public struct Boot: Codable, Sendable, Equatable {
+        public var kernel: String
+        public var initrd: String?
+        /// The initrd's kind: `initramfs-tools`, `dracut` or `other` (nil without an initrd).
+        public var initramfs: String?
+        /// The archive holding the initramfs's key and crypttab entry, loaded after the initrd (nil: none).
+        public var unlockArchive: String?
+        /// `generated` (sevimage's /boot/grub/grub.cfg) or `tree` (the tree's own, kept).
+        public var grubConfig: String
+        /// The command line of the generated grub.cfg (nil when the tree's is kept).
+        public var kernelCommandLine: String?
+    }
 
     public struct Tool: Codable, Sendable, Equatable {
         public var name: String = "sevimage"

@@ -33,8 +33,17 @@ recovery_pbkdf2_iterations = 1_000_000
 wipe_free_space = false
 
 [boot]
-# Kernel command line of the /boot/grub/grub.cfg written when the root tree has none.
+# The generated /boot/grub/grub.cfg boots the newest kernel in /boot with
+# "root=UUID=<ext4> rd.luks.uuid=<luks> rw" followed by this.
 kernel_cmdline = "console=ttyS0 quiet"
+# true: kernel_cmdline is the whole command line instead (write @ROOT_UUID@ and @LUKS_UUID@ for the UUIDs).
+replace_kernel_cmdline = false
+# A /boot/grub/grub.cfg that the tree brings: "generate" replaces it with sevimage's, "keep" boots it as it is
+# (it runs on the unlocked root; list /boot/sevimage-unlock.img after the initrd on its initrd line).
+grub_cfg = "generate"
+# A keyslot whose random key, with its crypttab entry, sits in /boot/sevimage-unlock.img inside the encrypted
+# root; GRUB loads it after the tree's initramfs, which then unlocks the root again without asking.
+initramfs_unlock = true
 # Seconds GRUB's menu waits (0 to 3600).
 grub_timeout = 0
 

@@ -54,7 +54,7 @@ extension Profile {
         ProfileKey(table: "luks", key: "wipe_free_space", summary: "encrypt the whole root partition, free space included",
                    get: { .boolean($0.wipeFreeSpace) },
                    set: { profile, value, origin throws(ProfileError) in profile.wipeFreeSpace = try boolean(value, origin) }),
-        ProfileKey(table: "boot", key: "kernel_cmdline", summary: "kernel command line of a generated /boot/grub/grub.cfg",
+        ProfileKey(table: "boot", key: "kernel_cmdline", summary: "appended to the generated kernel command line (root=UUID=… rd.luks.uuid=… rw)",
                    get: { .string($0.kernelCommandLine) },
                    set: { profile, value, origin throws(ProfileError) in
                        let text = try string(value, origin)
@@ -64,6 +64,22 @@ extension Profile {
                        }
                        profile.kernelCommandLine = text
                    }),
+        ProfileKey(table: "boot", key: "replace_kernel_cmdline", summary: "kernel_cmdline is the whole command line (@ROOT_UUID@ and @LUKS_UUID@ filled in)",
+                   get: { .boolean($0.replaceKernelCommandLine) },
+                   set: { profile, value, origin throws(ProfileError) in profile.replaceKernelCommandLine = try boolean(value, origin) }),
+        ProfileKey(table: "boot", key: "grub_cfg", summary: "a /boot/grub/grub.cfg in the tree: \"generate\" replaces it, \"keep\" boots it",
+                   get: { .string($0.grubConfig.rawValue) },
+                   set: { profile, value, origin throws(ProfileError) in
+                       let text = try string(value, origin)
+                       guard let choice = GrubConfigChoice(rawValue: text) else {
+                           throw ProfileError.invalidValue(file: origin.file, line: origin.line, key: origin.key,
+                                                           message: "must be \"generate\" or \"keep\", not '\(printable(text))'")
+                       }
+                       profile.grubConfig = choice
+                   }),
+        ProfileKey(table: "boot", key: "initramfs_unlock", summary: "a keyslot and an archive in /boot that let the initramfs unlock the root without a prompt",
+                   get: { .boolean($0.initramfsUnlock) },
+                   set: { profile, value, origin throws(ProfileError) in profile.initramfsUnlock = try boolean(value, origin) }),
         ProfileKey(table: "boot", key: "grub_timeout", summary: "seconds GRUB's menu waits in a generated grub.cfg (0 to 3600)",
                    get: { .integer(Int64($0.grubTimeout)) },
                    set: { profile, value, origin throws(ProfileError) in

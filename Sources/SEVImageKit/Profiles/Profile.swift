@@ -22,8 +22,17 @@ public struct Profile: Sendable, Equatable, Codable {
     /// Encrypt the whole root partition, free space included, so that the used-block pattern is hidden.
     public var wipeFreeSpace: Bool = false
     // [boot]
-    /// The kernel command line written into a generated `/boot/grub/grub.cfg`.
+    /// Appended to the generated kernel command line (`root=UUID=… rd.luks.uuid=… rw`) of the generated
+    /// `/boot/grub/grub.cfg`; with `replaceKernelCommandLine`, the whole command line.
     public var kernelCommandLine: String = "console=ttyS0 quiet"
+    /// Whether `kernelCommandLine` replaces the generated part instead of following it (`@ROOT_UUID@` and
+    /// `@LUKS_UUID@` in it are replaced by the ext4 and LUKS UUIDs).
+    public var replaceKernelCommandLine: Bool = false
+    /// What to do with a `/boot/grub/grub.cfg` the tree brings: replace it with the generated one, or keep it.
+    public var grubConfig: GrubConfigChoice = .generate
+    /// Add a keyslot whose key, with the crypttab entry, goes into a small archive inside the encrypted `/boot`
+    /// that GRUB loads after the tree's initramfs, so that the initramfs unlocks the root again without a prompt.
+    public var initramfsUnlock: Bool = true
     /// Seconds GRUB's menu waits in a generated grub.cfg.
     public var grubTimeout: Int = 0
     // [firmware]
@@ -45,4 +54,10 @@ public struct Profile: Sendable, Equatable, Codable {
     public var recoveryKeyslot: Bool = false
 
     public init() {}
+}
+
+/// `[boot] grub_cfg`: the tree's own `/boot/grub/grub.cfg` is replaced by the generated one, or kept.
+public enum GrubConfigChoice: String, Sendable, Equatable, Codable, CaseIterable {
+    case generate
+    case keep
 }

@@ -83,7 +83,7 @@ final class TarExtractor {
                 defer { close(descriptor) }
                 try extract(from: ByteStream(descriptor: descriptor, name: archive))
             case .compressed(let tool):
-                let decompressor = try Decompressor(tool: tool, archive: archive, scratch: (root as NSString).deletingLastPathComponent)
+                let decompressor = try Decompressor(tool: tool, archive: archive, scratch: PathName.directory(of: root))
                 do {
                     try extract(from: decompressor.stream)
                 } catch let error as RootTreeError {
@@ -420,8 +420,8 @@ final class TarExtractor {
             default: break
             }
             if node.kind.isSpecial {
-                let parent = (inside as NSString).deletingLastPathComponent
-                let name = (inside as NSString).lastPathComponent
+                let parent = PathName.directory(of: inside)
+                let name = PathName.name(of: inside)
                 commands.append("cd \(RootTree.debugfsQuoted(parent))")
                 changedDirectory = true
                 switch node.kind {
@@ -456,7 +456,7 @@ final class TarExtractor {
     /// beside the tree, which live as long as the scratch directory.
     private func xattrCommands(_ node: Node, quoted: String) throws -> [String] {
         guard !node.xattrs.isEmpty else { return [] }
-        let directory = (root as NSString).deletingLastPathComponent + "/xattrs"
+        let directory = PathName.directory(of: root) + "/xattrs"
         if xattrFiles == 0, mkdir(directory, 0o700) != 0, errno != EEXIST {
             throw RootTreeError.extraction(directory, operation: "create", errno: errno)
         }
@@ -475,6 +475,6 @@ final class TarExtractor {
     /// After a failure: nothing half-extracted stays behind.
     private func removeTree() {
         try? FileManager.default.removeItem(atPath: root)
-        try? FileManager.default.removeItem(atPath: (root as NSString).deletingLastPathComponent + "/xattrs")
+        try? FileManager.default.removeItem(atPath: PathName.directory(of: root) + "/xattrs")
     }
 }

@@ -24,13 +24,13 @@ public struct ImagePaths: Sendable {
     public var reencryptDirectory: String { image + ".sevimage-reencrypt" }
 
     /// The prefix of the private header copies (`TemporaryDirectory` adds `-XXXXXX`).
-    var workspacePurpose: String { ((image as NSString).lastPathComponent) + ".sevimage-keys" }
+    var workspacePurpose: String { (PathName.name(of: image)) + ".sevimage-keys" }
 
     /// Removes what a killed run may have left that no step needs: temporary names of durable replacements
     /// (one may hold a passphrase) and private header copies. Call it holding the image's lock.
     func removeLeftovers() {
         for path in [passphrase, journal, rotationState, manifest] { unlink(path + ".tmp") }
-        let directory = (image as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: image)
         let parent = directory.isEmpty ? "." : directory
         let prefix = "." + workspacePurpose + "-"
         for name in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where name.hasPrefix(prefix) && name.count == prefix.count + 6 {

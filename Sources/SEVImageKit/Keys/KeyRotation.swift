@@ -192,7 +192,7 @@ public struct KeyRotation {
             try ManifestUpdate.write(manifest, path: area.manifestPath, keyslots: workspace.device.keyslots,
                                      roles: [newSlot: state.role],
                                      record: .init(kind: "rotate", at: iso8601(Date()), removedKeyslots: state.oldKeyslots, addedKeyslots: [newSlot]),
-                                     imageDigest: digest, passphraseFile: (paths.passphrase as NSString).lastPathComponent)
+                                     imageDigest: digest, passphraseFile: PathName.name(of: paths.passphrase))
         }
 
         // 7. Clean up: .new first (a rerun then finds the new passphrase in IMAGE.passphrase), the state last.

@@ -155,7 +155,7 @@ public struct ImageVerifier {
         }
         guard let claimed else {
             return [VerificationCheck(name: "firmware", status: .fail, expected: "nothing (the manifest names no firmware)",
-                                      actual: (ovmfPath as NSString).lastPathComponent, note: "link it with sevimage link")]
+                                      actual: PathName.name(of: ovmfPath), note: "link it with sevimage link")]
         }
         var modes: [String] = [], vcpus: [Int] = []
         for digest in claimed.launchDigests {

@@ -76,6 +76,7 @@ public struct KeyRotation {
     public func run() throws -> RotateResult {
         let started = Date()
         let paths = ImagePaths(image: request.image)
+        try ImagePaths.check(image: request.image)
         let lock = try ImageLock(image: request.image)
         defer { withExtendedLifetime(lock) {} }
         paths.removeLeftovers()

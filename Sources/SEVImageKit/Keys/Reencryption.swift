@@ -66,6 +66,7 @@ public struct Reencryption {
     public func run() throws -> ReencryptResult {
         let started = Date()
         let paths = ImagePaths(image: request.image)
+        try ImagePaths.check(image: request.image)
         let lock = try ImageLock(image: request.image)
         defer { withExtendedLifetime(lock) {} }
         paths.removeLeftovers()

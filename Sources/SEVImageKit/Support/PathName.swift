@@ -60,3 +60,19 @@ public enum PathName {
         return (parent == "/" ? "" : parent) + "/" + name
     }
 }
+
+extension PathName {
+    /// Refuses, before anything is written, when two of one command's files lead to the same file (after
+    /// symbolic links, `.` and `..`): one would replace the other. `files` are (what it is, its path).
+    public static func requireDistinct(_ files: [(role: String, path: String)]) throws {
+        var seen: [String: (role: String, path: String)] = [:]
+        for file in files {
+            let key = resolved(file.path)
+            if let earlier = seen[key] {
+                let same = earlier.path == file.path ? "\(file.path) is both" : "\(earlier.path) and \(file.path) are both"
+                throw GeneralError.invalidArgument("\(same) the \(earlier.role) and the \(file.role); give the image another name")
+            }
+            seen[key] = file
+        }
+    }
+}

@@ -74,6 +74,9 @@ struct HeaderJournal {
     static func commit(_ update: HeaderUpdate, area: ImageHeaderArea, paths: ImagePaths) throws {
         guard !update.isEmpty else { return }
         let journal = HeaderJournal(headerOffset: area.rootOffset, update: update)
+        for group in update.groups {
+            for patch in group { try area.qcow.checkWritable(count: patch.bytes.count, at: area.rootOffset + patch.offset) }
+        }
         try DurableFile.replace(paths.journal, with: journal.encoded(), mode: 0o600)
         CrashPoint.durable("journal written")
         try journal.apply(to: area.qcow)

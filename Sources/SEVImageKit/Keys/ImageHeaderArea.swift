@@ -36,6 +36,8 @@ final class ImageHeaderArea {
         guard rootSize > LUKSLayout.headerSize else {
             throw KeysError.noRootPartition(image, "the root partition is smaller than a LUKS2 header area")
         }
+        // Every header change is written in place: refuse now, not after a journal promised the change.
+        if writable { try qcow.checkWritable(count: Int(LUKSLayout.headerSize), at: rootOffset) }
     }
 
     /// The root partition from the primary GPT: the x86-64 root type, or else the one partition that starts with a LUKS header.

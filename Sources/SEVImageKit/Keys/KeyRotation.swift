@@ -88,6 +88,17 @@ public struct KeyRotation {
         var workspace = try area.workspace()
         let (volumeKey, openedSlot) = try workspace.unlock(request.passphrase)
 
+        // What this run wrote before its first change to the image: a refusal until then (libcryptsetup's, a
+        // header it cannot change) takes them back, so that nothing is left pending that no rerun can finish.
+        var undo: [String] = []
+        var imageChanged = false
+        defer {
+            if !imageChanged, !undo.isEmpty, !ImagePaths.exists(paths.journal) {
+                for path in undo.reversed() { unlink(path) }
+                try? OutputFiles.syncDirectory(of: request.image)
+            }
+        }
+
         // 1. The rotation's state.
         var resumed = false
         let state: RotationState
@@ -112,6 +123,7 @@ public struct KeyRotation {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             try DurableFile.replace(paths.rotationState, with: try encoder.encode(state), mode: 0o600)
+            undo.append(paths.rotationState)
             CrashPoint.durable("rotation state written")
         }
 
@@ -126,6 +138,7 @@ public struct KeyRotation {
         } else {
             newPassphrase = try request.newPassphrase ?? Passphrase.generate()
             try newPassphrase.write(toNewFile: paths.newPassphrase)
+            undo.append(paths.newPassphrase)
             try OutputFiles.syncDirectory(of: paths.newPassphrase)
             CrashPoint.durable("new passphrase written")
             fresh = request.newPassphrase == nil
@@ -147,9 +160,12 @@ public struct KeyRotation {
                 added = try device.addKeyslot(volumeKey: volumeKey, passphrase: newPassphrase.secret, iterations: state.iterations)
             }
             try HeaderJournal.commit(update, area: area, paths: paths)
+            imageChanged = true
             newSlot = added
             workspace = try area.workspace()
         }
+
+        imageChanged = true  // or nothing to change: from here on a rerun finishes what is written
 
         // 4. IMAGE.passphrase becomes the new one.
         var oldBackup: String?

@@ -48,7 +48,7 @@ struct HeaderJournal {
             for _ in 0..<(try reader.integer(4, path)) {
                 let offset = try reader.integer(8, path)
                 let length = Int(try reader.integer(4, path))
-                guard offset + UInt64(length) <= LUKSLayout.headerSize else {
+                guard let end = offset.checkedAdding(UInt64(length)), end <= LUKSLayout.headerSize else {
                     throw KeysError.damagedJournal(path, "a patch lies outside the LUKS header area")
                 }
                 group.append(.init(offset: offset, bytes: try reader.take(length, path)))

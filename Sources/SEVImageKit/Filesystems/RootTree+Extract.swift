@@ -325,6 +325,9 @@ final class TarExtractor {
             let name = Array(component)
             try RootTree.checkName(name, displayPath: Array((components + [name]).joined(separator: [0x2f])))
             components.append(name)
+            if components.count > RootTree.maximumDepth {
+                throw bad("entry '\(shown.prefix(60))...' is more than \(RootTree.maximumDepth) directories deep; sevimage takes at most \(RootTree.maximumDepth) levels")
+            }
         }
         return String(decoding: Array(components.joined(separator: [0x2f])), as: UTF8.self)
     }

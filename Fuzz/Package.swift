@@ -6,7 +6,7 @@ import PackageDescription
 /// SwiftPM names a path dependency after its directory.
 let mainPackage = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent.lowercased()
 
-let fuzzTargets = ["FuzzOVMFTable", "FuzzManifest", "FuzzProfile", "FuzzSecretTable", "FuzzQCOW2", "FuzzQMP"]
+let fuzzTargets = ["FuzzOVMFTable", "FuzzManifest", "FuzzProfile", "FuzzSecretTable", "FuzzQCOW2", "FuzzQMP", "FuzzGPT", "FuzzKeysImage"]
 
 let package = Package(
     name: "sevimage-fuzz",

@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")"
 runs=${1:-1000000}
 shift 2>/dev/null || true
-targets=${*:-"FuzzOVMFTable FuzzManifest FuzzProfile FuzzSecretTable FuzzQCOW2 FuzzQMP"}
+targets=${*:-"FuzzOVMFTable FuzzManifest FuzzProfile FuzzSecretTable FuzzQCOW2 FuzzQMP FuzzGPT FuzzKeysImage"}
 scratch=${FUZZ_SCRATCH:-../.cache/fuzz-build}
 swift build -c release --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address
 bin=$(swift build -c release --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address --show-bin-path)

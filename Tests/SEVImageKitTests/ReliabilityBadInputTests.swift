@@ -355,4 +355,134 @@ struct ReliabilityBadInputTests {
         let bad = try sevimage(["verify", scratch.file("a.qcow2"), "--manifest", truncated])
         #expect(bad.status == 2 && bad.stderr.split(separator: "\n").count == 1 && bad.stderr.contains("truncated.manifest.json"), "\(bad)")
     }
+
+    // MARK: Issue 16: no crash, and no output that destroys another file
+
+    /// One row per reproduction of issue 16: run in a scratch directory holding a made image (vm.qcow2, its
+    /// manifest and passphrase) and a root tree; each must exit with its status and one line, change
+    /// nothing that was there (bytes compared), and leave no new file.
+    struct CrashRow: CustomTestStringConvertible, Sendable {
+        var name: String
+        var arguments: [String]
+        var setup: @Sendable (_ scratch: String) throws -> Void = { _ in }
+        var status: Int32
+        var message: String
+        var testDescription: String { name }
+    }
+
+    static let crashRows: [CrashRow] = [
+        CrashRow(name: "create --output a (one character)", arguments: ["create", "--rootfs", "tree", "--output", "a", "--size", "1"],
+                 status: 2, message: "a disk of 1 is too small"),
+        CrashRow(name: "keys list v (one character)", arguments: ["keys", "list", "v"], status: 2, message: "image v does not exist"),
+        CrashRow(name: "rotate v (one character)", arguments: ["rotate", "v", "--passphrase-file", "vm.passphrase"], status: 2, message: "image v does not exist"),
+        CrashRow(name: "create --output d/x.passphrase --force", arguments: ["create", "--rootfs", "tree", "--output", "x.passphrase", "--force", "--size", "128M"],
+                 status: 2, message: "x.passphrase is named like the .passphrase file that goes with an image"),
+        CrashRow(name: "rotate z.passphrase", arguments: ["rotate", "z.passphrase", "--passphrase-file", "vm.passphrase"],
+                 setup: { try FileManager.default.copyItem(atPath: $0 + "/vm.qcow2", toPath: $0 + "/z.passphrase") },
+                 status: 2, message: "z.passphrase is named like the .passphrase file"),
+        CrashRow(name: "a manifest that is a link to the image", arguments: ["rotate", "w.qcow2", "--passphrase-file", "vm.passphrase"],
+                 setup: { try FileManager.default.copyItem(atPath: $0 + "/vm.qcow2", toPath: $0 + "/w.qcow2"); symlink("w.qcow2", $0 + "/w.manifest.json") },
+                 status: 2, message: "w.qcow2 and w.manifest.json are both the image and the manifest"),
+        CrashRow(name: "create --output tree (the root tree)", arguments: ["create", "--rootfs", "tree", "--output", "tree", "--force", "--size", "128M"],
+                 status: 2, message: "tree is both the image and the root tree"),
+        CrashRow(name: "a directory 1,500 levels deep", arguments: ["create", "--rootfs", "deep", "--output", "deep.qcow2", "--size", "128M"],
+                 setup: { try makeDeepTree(at: $0 + "/deep", levels: 1500) },
+                 status: 2, message: "is more than 256 directories deep"),
+        CrashRow(name: "a tarball 1,500 levels deep", arguments: ["create", "--rootfs", "deep.tar", "--output", "deep.qcow2", "--size", "128M"],
+                 setup: { scratch in
+                     try makeDeepTree(at: scratch + "/deep", levels: 300)
+                     try runChecked("tar", ["cf", scratch + "/deep.tar", "-C", scratch + "/deep", "."])
+                     try FileManager.default.removeItem(atPath: scratch + "/deep")
+                 }, status: 2, message: "is more than 256 directories deep"),
+    ] + gptRows + manifestRows
+
+    static let hugeLBAs: [(UInt64, UInt64)] = [(1 << 63, 1 << 63), (.max, .max), (2048, .max)]
+
+    static let gptRows: [CrashRow] = ["inspect", "verify", "keys", "rotate"].flatMap { (command: String) -> [CrashRow] in
+        hugeLBAs.map { (first: UInt64, last: UInt64) -> CrashRow in
+            let refused = command == "keys" || command == "rotate"
+            return CrashRow(name: "\(command): GPT entry 2 at LBAs \(first)-\(last)", arguments: imageArguments(command, "g.qcow2"),
+                            setup: { scratch in try patchGPT(scratch, first: first, last: last) },
+                            status: command == "verify" ? 4 : refused ? 2 : 0, message: refused ? "lies outside the disk" : "")
+        }
+    }
+
+    static let manifestRows: [CrashRow] = ["keys", "rotate", "reencrypt"].map { (command: String) -> CrashRow in
+        CrashRow(name: "\(command): manifest LBAs near 2^64", arguments: imageArguments(command, "vm.qcow2"),
+                 setup: { scratch in try patchManifest(scratch + "/vm.manifest.json", first: UInt64.max - 1, last: UInt64.max) },
+                 status: 2, message: "does not describe this image")
+    }
+
+    static func imageArguments(_ command: String, _ image: String) -> [String] {
+        switch command {
+        case "inspect": ["inspect", image]
+        case "verify": ["verify", image, "--manifest", "vm.manifest.json"]
+        case "keys": ["keys", "list", image]
+        default: [command, image, "--passphrase-file", "vm.passphrase"]
+        }
+    }
+
+    /// `levels` nested directories named `d` (built relative, so no path grows past PATH_MAX) beside a kernel.
+    static func makeDeepTree(at root: String, levels: Int) throws {
+        try makeRichTree(at: root, owners: false)
+        try runChecked(python3, ["-c", "import os,sys\nos.chdir(sys.argv[1])\nfor _ in range(int(sys.argv[2])):\n    os.mkdir('d'); os.chdir('d')", root, String(levels)])
+    }
+
+    /// g.qcow2: vm.qcow2 with the primary GPT's entry 2 at LBAs first-last and both CRCs made right again.
+    static func patchGPT(_ scratch: String, first: UInt64, last: UInt64) throws {
+        try FileManager.default.copyItem(atPath: scratch + "/vm.qcow2", toPath: scratch + "/g.qcow2")
+        try runChecked(python3, ["-c", """
+        import subprocess, sys, zlib, struct
+        image, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        raw = image + ".raw"
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw], check=True)
+        with open(raw, "rb") as f: data = bytearray(f.read(34 * 512))
+        struct.pack_into("<QQ", data, 1024 + 128 + 32, first, last)
+        count, size = struct.unpack_from("<II", data, 512 + 80)
+        struct.pack_into("<I", data, 512 + 88, zlib.crc32(bytes(data[1024:1024 + count * size])))
+        struct.pack_into("<I", data, 512 + 16, 0)
+        struct.pack_into("<I", data, 512 + 16, zlib.crc32(bytes(data[512:512 + 92])))
+        open(raw, "wb").write(data[512:])
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {raw} 512 {len(data) - 512}", image], check=True, stdout=subprocess.DEVNULL)
+        import os; os.unlink(raw)
+        """, scratch + "/g.qcow2", String(first), String(last)])
+    }
+
+    static func patchManifest(_ path: String, first: UInt64, last: UInt64) throws {
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        let manifest = try Manifest.decode(Data(text.utf8), path: path)
+        let root = try #require(manifest.partitions.first { $0.role == "root" })
+        text = text.replacingOccurrences(of: "\"firstLBA\" : \(root.firstLBA)", with: "\"firstLBA\" : \(first)")
+            .replacingOccurrences(of: "\"lastLBA\" : \(root.lastLBA)", with: "\"lastLBA\" : \(last)")
+        #expect(text.contains("\(last)"), "the manifest's spelling changed")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test(arguments: crashRows)
+    func noCrashAndNoLostFile(_ row: CrashRow) throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        try row.setup(scratch.path)
+        var before: [String: Data] = [:]
+        for name in entries(of: scratch.path) where !["tree", "deep"].contains(name) {
+            before[name] = try Data(contentsOf: URL(fileURLWithPath: scratch.file(name)))
+        }
+        let listing = entries(of: scratch.path)
+        let result = try runProgram(sevimageBinary, row.arguments, currentDirectory: scratch.path)
+        #expect(result.status == row.status, "\(result)")
+        let lines = result.stderr.split(separator: "\n")
+        if row.status == 0 {
+            #expect(!result.stderr.contains("Program crashed"), "\(result.stderr)")
+        } else if row.status == 4 {
+            #expect(lines.last?.hasPrefix("sevimage: error: ") == true, "\(result.stderr)")
+        } else {
+            #expect(lines.count == 1 && result.stderr.hasPrefix("sevimage: error: ") && result.stderr.contains(row.message), "\(result.stderr)")
+        }
+        #expect(entries(of: scratch.path) == listing, "files were added or removed")
+        for (name, bytes) in before {
+            #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: scratch.file(name))), bytes), "\(name) changed")
+        }
+    }
 }

@@ -154,4 +154,34 @@ struct ReliabilityInterruptTests {
         #expect(run.status == 0, "\(run)")
         #expect(Self.outputs(scratch.path) == [".sevimage-LiveOn", ".sevimage-Young0", ".unrelated-Dead00", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
+
+    /// Issue 16: a rotate refused before its first change to the image (internal snapshots, a LUKS2 requirement
+    /// libcryptsetup does not know) leaves nothing behind: no state file, no .new passphrase, no journal; the
+    /// message says how to proceed, and keys still works (no "interrupted rotation pending").
+    @Test(arguments: ["internal snapshot", "unknown LUKS2 requirement"])
+    func refusedRotateLeavesNothingPending(_ kind: String) throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let run = try Self.create(scratch)
+        try #require(run.status == 0, "\(run)")
+        let image = scratch.file("vm.qcow2")
+        if kind == "internal snapshot" {
+            try runChecked("qemu-img", ["snapshot", "-c", "before", image])
+        } else {
+            let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
+            try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/luks_requirement.py", image, String(manifest.partitions[1].firstLBA * 512)])
+        }
+        let listing = Self.outputs(scratch.path)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: image))
+        for attempt in 1...2 {
+            let result = try sevimage(["rotate", image, "--passphrase-file", scratch.file("vm.passphrase"), "--quiet"])
+            #expect(result.status == 2, "\(kind), run \(attempt): \(result)")
+            #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.hasPrefix("sevimage: error: "), "\(result.stderr)")
+            #expect(result.stderr.contains(kind == "internal snapshot" ? "qemu-img snapshot -d" : "nothing was changed"), "\(result.stderr)")
+            #expect(Self.outputs(scratch.path) == listing, "\(kind), run \(attempt) left files")
+            #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: image)), bytes), "\(kind): the image changed")
+        }
+        let keys = try sevimage(["keys", "list", image])
+        #expect(keys.status == 0 && !keys.stderr.contains("pending"), "\(keys)")
+    }
 }

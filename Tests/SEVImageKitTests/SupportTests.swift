@@ -3,6 +3,23 @@ import Testing
 @testable import SEVImageKit
 
 @Suite struct SupportTests {
+    /// `PathName` against dirname(1)/basename(1), one-character names included (NSString's
+    /// `deletingLastPathComponent` trapped on those), and no source file left splitting paths through NSString.
+    @Test func pathNamesSplitLikeDirnameAndBasename() throws {
+        let cases = ["a", "/a", "a/", "vm.qcow2", "d/x.passphrase", "out//d/x.pass/", "/", "//", "./a", "../b/c", ".profile", "a.", ""]
+        for path in cases where !path.isEmpty {
+            #expect(PathName.directory(of: path) == (try runChecked("dirname", ["--", path]).stdout.trimmingCharacters(in: .newlines)), "\(path)")
+            #expect(PathName.name(of: path) == (try runChecked("basename", ["--", path]).stdout.trimmingCharacters(in: .newlines)), "\(path)")
+        }
+        #expect(PathName.directory(of: "") == "." && PathName.name(of: "") == "")
+        #expect(PathName.stem("a") == "a" && PathName.stem("d/x.passphrase") == "d/x" && PathName.stem("d.x/.profile") == "d.x/.profile")
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/Sources"
+        let found = try runProgram("grep", ["-rln", "-e", "deletingLastPathComponent", "-e", "deletingPathExtension", "-e", "NSString).pathExtension", sources]).stdout
+        // The two left split constant paths inside the image; PathName.swift names the method it replaces.
+        let allowed = ["Image/ImageBuilder.swift", "Image/InitramfsKeyfile.swift", "Support/PathName.swift"]
+        #expect(found.split(separator: "\n").allSatisfy { line in allowed.contains { line.hasSuffix($0) } }, "\(found)")
+    }
+
     @Test func secretBytesNeverPrintThemselves() throws {
         let secret = SecretBytes(Array("hunter2".utf8))
         #expect(secret.description == "<secret, 7 bytes>")

@@ -18,6 +18,8 @@ public final class QCOW2Image {
     private let clusterBits: UInt64
     private let l2Entries: UInt64
     private let l1: [UInt64]
+    /// Internal snapshots (`qemu-img snapshot -c`): their clusters are shared, so not writable in place.
+    public let snapshots: UInt32
     private let file: RawFile
 
     static let offsetMask: UInt64 = 0x00FF_FFFF_FFFF_FE00
@@ -52,6 +54,7 @@ public final class QCOW2Image {
         clusterSize = 1 << bits
         l2Entries = clusterSize / 8
         virtualSize = header.be64(at: 24)
+        snapshots = header.be32(at: 60)
         let l1Size = UInt64(header.be32(at: 36))
         let l1Offset = header.be64(at: 40)
         // Without overflow for any header values (found by Fuzz/FuzzQCOW2).
@@ -127,20 +130,32 @@ public final class QCOW2Image {
 
     /// Writes guest bytes in place; refuses (before writing anything) if any cluster is unallocated or shared.
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        for (host, range) in try plan(count: buffer.count, at: offset) {
+            try file.write(UnsafeRawBufferPointer(rebasing: buffer[range]), at: host)
+        }
+    }
+
+    /// Refuses, writing nothing, when `count` guest bytes at `offset` cannot all be updated in place: a hole,
+    /// or a cluster shared with an internal snapshot.
+    public func checkWritable(count: Int, at offset: UInt64) throws { _ = try plan(count: count, at: offset) }
+
+    /// Where each piece of a guest write goes in the file.
+    private func plan(count total: Int, at offset: UInt64) throws -> [(host: UInt64, range: Range<Int>)] {
         var plan: [(host: UInt64, range: Range<Int>)] = []
         var done = 0
-        while done < buffer.count {
+        while done < total {
             let position = offset + UInt64(done)
-            let count = min(buffer.count - done, Int(clusterSize - position % clusterSize))
+            let count = min(total - done, Int(clusterSize - position % clusterSize))
             guard let (host, writable) = try hostOffset(position), writable else {
+                if snapshots > 0 {
+                    throw DiskError.notAnImage(path, "its internal snapshots (\(snapshots)) share the clusters of the LUKS header; delete them (qemu-img snapshot -l, qemu-img snapshot -d NAME) or keep a copy elsewhere, then run again")
+                }
                 throw DiskError.notAnImage(path, "guest offset \(position) has no private cluster to update in place")
             }
             plan.append((host, done..<done + count))
             done += count
         }
-        for (host, range) in plan {
-            try file.write(UnsafeRawBufferPointer(rebasing: buffer[range]), at: host)
-        }
+        return plan
     }
 
     public func sync() throws { try file.sync() }

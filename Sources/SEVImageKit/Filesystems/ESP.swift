@@ -34,13 +34,13 @@ public struct ESPBuilder {
         var stamped: [String] = []
         for (target, source) in files {
             let destination = staging + "/" + target
-            var directory = (destination as NSString).deletingLastPathComponent
+            var directory = PathName.directory(of: destination)
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try FileManager.default.copyItem(atPath: source, toPath: destination)
             stamped.append(destination)
             while directory.count > staging.count {
                 if !stamped.contains(directory) { stamped.append(directory) }
-                directory = (directory as NSString).deletingLastPathComponent
+                directory = PathName.directory(of: directory)
             }
         }
         if let timestamp {

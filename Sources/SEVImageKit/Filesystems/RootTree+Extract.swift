@@ -83,7 +83,7 @@ final class TarExtractor {
                 defer { close(descriptor) }
                 try extract(from: ByteStream(descriptor: descriptor, name: archive))
             case .compressed(let tool):
-                let decompressor = try Decompressor(tool: tool, archive: archive, scratch: (root as NSString).deletingLastPathComponent)
+                let decompressor = try Decompressor(tool: tool, archive: archive, scratch: PathName.directory(of: root))
                 do {
                     try extract(from: decompressor.stream)
                 } catch let error as RootTreeError {
@@ -325,6 +325,9 @@ final class TarExtractor {
             let name = Array(component)
             try RootTree.checkName(name, displayPath: Array((components + [name]).joined(separator: [0x2f])))
             components.append(name)
+            if components.count > RootTree.maximumDepth {
+                throw bad("entry '\(shown.prefix(60))...' is more than \(RootTree.maximumDepth) directories deep; sevimage takes at most \(RootTree.maximumDepth) levels")
+            }
         }
         return String(decoding: Array(components.joined(separator: [0x2f])), as: UTF8.self)
     }
@@ -420,8 +423,8 @@ final class TarExtractor {
             default: break
             }
             if node.kind.isSpecial {
-                let parent = (inside as NSString).deletingLastPathComponent
-                let name = (inside as NSString).lastPathComponent
+                let parent = PathName.directory(of: inside)
+                let name = PathName.name(of: inside)
                 commands.append("cd \(RootTree.debugfsQuoted(parent))")
                 changedDirectory = true
                 switch node.kind {
@@ -456,7 +459,7 @@ final class TarExtractor {
     /// beside the tree, which live as long as the scratch directory.
     private func xattrCommands(_ node: Node, quoted: String) throws -> [String] {
         guard !node.xattrs.isEmpty else { return [] }
-        let directory = (root as NSString).deletingLastPathComponent + "/xattrs"
+        let directory = PathName.directory(of: root) + "/xattrs"
         if xattrFiles == 0, mkdir(directory, 0o700) != 0, errno != EEXIST {
             throw RootTreeError.extraction(directory, operation: "create", errno: errno)
         }
@@ -475,6 +478,6 @@ final class TarExtractor {
     /// After a failure: nothing half-extracted stays behind.
     private func removeTree() {
         try? FileManager.default.removeItem(atPath: root)
-        try? FileManager.default.removeItem(atPath: (root as NSString).deletingLastPathComponent + "/xattrs")
+        try? FileManager.default.removeItem(atPath: PathName.directory(of: root) + "/xattrs")
     }
 }

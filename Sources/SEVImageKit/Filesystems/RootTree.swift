@@ -32,6 +32,8 @@ public enum RootTreeError: SEVImageError, Equatable {
     case unsupportedName(String, reason: String)
     /// A file or directory in the tree cannot be read.
     case unreadable(String, reason: String)
+    /// A directory tree deeper than `RootTree.maximumDepth`.
+    case tooDeep(String, example: String)
     /// The tarball is damaged, or holds something that must not be extracted.
     case badArchive(String, reason: String)
     /// Extracting into the scratch directory failed (disk full, permissions).
@@ -55,6 +57,8 @@ public enum RootTreeError: SEVImageError, Equatable {
             line = "root tree entry '\(path)' \(reason)"
         case .unreadable(let path, let reason):
             line = "root tree entry \(path) cannot be read: \(reason)"
+        case .tooDeep(let path, let example):
+            line = "root tree \(path) is more than \(RootTree.maximumDepth) directories deep (\(example)); sevimage takes at most \(RootTree.maximumDepth) levels"
         case .badArchive(let path, let reason):
             line = "tarball \(path): \(reason)"
         case .extraction(let path, let operation, let errno):
@@ -68,6 +72,37 @@ public enum RootTreeError: SEVImageError, Equatable {
 public enum RootTree {
     /// Inline symlink targets: ext4 keeps targets shorter than 60 bytes inside the inode.
     static let inlineSymlinkLimit = 60
+
+    /// The most names a path inside a root tree may have (`/usr/lib/x` has 3). mke2fs 1.47.0 corrupts its heap
+    /// on a tree 1,500 directories deep; real systems stay below 40. Directories and tarballs alike.
+    public static let maximumDepth = 256
+
+    /// Refuses a directory tree deeper than `maximumDepth`, before mke2fs sees it (create starts mke2fs on a
+    /// directory while it checks the rest). Reads directories only (the entry type from readdir, lstat only
+    /// where the filesystem does not give it); anything else is left to `prepare`.
+    public static func checkDepth(of source: String) throws {
+        var pending: [(path: [UInt8], depth: Int)] = [(Array(source.utf8), 0)]
+        while let (directory, depth) = pending.popLast() {
+            guard let handle = opendir(String(decoding: directory, as: UTF8.self)) else { continue }
+            defer { closedir(handle) }
+            while let entry = readdir(handle) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in Array(raw.prefix { $0 != 0 }) }
+                if name == [0x2e] || name == [0x2e, 0x2e] { continue }
+                var isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
+                let path = directory + [0x2f] + name
+                if entry.pointee.d_type == UInt8(DT_UNKNOWN) {
+                    var status = stat()
+                    isDirectory = lstat(String(decoding: path, as: UTF8.self), &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR
+                }
+                guard isDirectory else { continue }
+                if depth + 1 > maximumDepth {
+                    let inside = String(decoding: path.dropFirst(source.utf8.count), as: UTF8.self)
+                    throw RootTreeError.tooDeep(source, example: String(inside.prefix(60)) + "...")
+                }
+                pending.append((path, depth + 1))
+            }
+        }
+    }
 
     /// Checks a directory and returns it as is, or extracts a tarball (`.tar`, `.tar.gz`/`.tgz`, `.tar.xz`,
     /// `.tar.zst`, `.tar.bz2`: recognised by content, not by name) into `scratch/rootfs` and collects the

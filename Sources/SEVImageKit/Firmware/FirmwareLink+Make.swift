@@ -27,7 +27,7 @@ extension FirmwareLink {
                 digests.append(LaunchDigest(mode: mode.rawValue, vcpus: count, vcpuType: count == nil ? nil : type?.name, digest: hex(digest)))
             }
         }
-        return FirmwareLink(file: (ovmfPath as NSString).lastPathComponent, size: UInt64(image.size),
+        return FirmwareLink(file: PathName.name(of: ovmfPath), size: UInt64(image.size),
                             sha256: hex(image.sha256), sha384: hex(image.sha384),
                             secretArea: area.map { SecretArea(gpa: UInt64($0.base), size: $0.size) },
                             launchDigests: digests)

@@ -60,6 +60,7 @@ public struct ImageBuilder {
     public func run() throws -> CreateResult {
         let started = Date()
         let profile = request.profile
+        try request.checkPaths()
         let outputLock = try OutputLock(output: request.output)
         defer { outputLock.release() }
         WorkDirectory.reapStale(near: request.output)

@@ -25,6 +25,9 @@ public struct GPTTable: Sendable, Codable, Equatable {
 
     /// Reads and checks both GPT copies; the primary is used when valid, else the backup.
     public static func read(from disk: DiskImageReader) throws -> GPTTable {
+        guard disk.virtualSize >= 34 * sectorSize else {
+            throw DiskError.notAnImage(disk.path, "its virtual disk (\(disk.virtualSize) bytes) is too small for a GPT")
+        }
         let lastLBA = disk.virtualSize / sectorSize - 1
         var problems: [String] = []
         let primary = readCopy(disk, lba: 1, problems: &problems, which: "primary")
@@ -58,7 +61,11 @@ public struct GPTTable: Sendable, Codable, Equatable {
     private static func readCopy(_ disk: DiskImageReader, lba: UInt64, problems: inout [String], which: String)
         -> (header: Header, entries: [GPTEntry])? {
         do {
-            let sector = try disk.read(count: Int(sectorSize), at: lba * sectorSize)
+            guard let position = lba.checkedMultiplied(by: sectorSize) else {
+                problems.append("the \(which) GPT's LBA \(lba) lies past the end of the disk")
+                return nil
+            }
+            let sector = try disk.read(count: Int(sectorSize), at: position)
             guard Array(sector[0..<8]) == Array("EFI PART".utf8) else {
                 problems.append("no \(which) GPT header at LBA \(lba)")
                 return nil
@@ -83,11 +90,12 @@ public struct GPTTable: Sendable, Codable, Equatable {
                 return nil
             }
             let arrayBytes = Int(header.entryCount) * Int(header.entrySize)
-            guard header.entriesLBA * sectorSize + UInt64(arrayBytes) <= disk.virtualSize else {
+            guard let arrayOffset = header.entriesLBA.checkedMultiplied(by: sectorSize),
+                  let arrayEnd = arrayOffset.checkedAdding(UInt64(arrayBytes)), arrayEnd <= disk.virtualSize else {
                 problems.append("the \(which) GPT's partition array lies past the end of the disk")
                 return nil
             }
-            let array = try disk.read(count: arrayBytes, at: header.entriesLBA * sectorSize)
+            let array = try disk.read(count: arrayBytes, at: arrayOffset)
             guard crc32(array) == header.entriesCRC else {
                 problems.append("the \(which) GPT's partition array CRC32 does not match")
                 return nil
@@ -127,8 +135,10 @@ public struct GPTEntry: Sendable, Codable, Equatable {
     public var attributes: UInt64
     public var name: String
 
-    public var offset: UInt64 { firstLBA * GPTTable.sectorSize }
-    public var size: UInt64 { lastLBA >= firstLBA ? (lastLBA - firstLBA + 1) * GPTTable.sectorSize : 0 }
+    /// The entry's bytes: its LBAs are the file's, so a range that is reversed or beyond 2^64 bytes has
+    /// offset `UInt64.max` and size 0 (and no disk holds it).
+    public var offset: UInt64 { lbaByteRange(first: firstLBA, last: lastLBA)?.offset ?? .max }
+    public var size: UInt64 { lbaByteRange(first: firstLBA, last: lastLBA)?.size ?? 0 }
 
     /// A person's name for the type GUID (UEFI and the Discoverable Partitions Specification).
     public var typeName: String? { PartitionTypes.names[typeGUID] }

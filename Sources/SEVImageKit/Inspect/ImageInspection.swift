@@ -68,7 +68,7 @@ public struct ImageInspector {
                 number: entry.number, name: entry.name, typeGUID: entry.typeGUID, typeName: entry.typeName,
                 partitionGUID: entry.partitionGUID, firstLBA: entry.firstLBA, lastLBA: entry.lastLBA,
                 offset: entry.offset, size: entry.size)
-            if entry.size > 0, entry.offset + entry.size <= disk.virtualSize {
+            if lbaByteRange(first: entry.firstLBA, last: entry.lastLBA, within: disk.virtualSize) != nil {
                 let head = try partitionCopy(entry, bytes: 1 << 20)
                 partition.filesystem = try probe(head)
                 if partition.filesystem?.type == "crypto_LUKS" {

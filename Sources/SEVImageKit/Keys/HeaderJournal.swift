@@ -48,7 +48,7 @@ struct HeaderJournal {
             for _ in 0..<(try reader.integer(4, path)) {
                 let offset = try reader.integer(8, path)
                 let length = Int(try reader.integer(4, path))
-                guard offset + UInt64(length) <= LUKSLayout.headerSize else {
+                guard let end = offset.checkedAdding(UInt64(length)), end <= LUKSLayout.headerSize else {
                     throw KeysError.damagedJournal(path, "a patch lies outside the LUKS header area")
                 }
                 group.append(.init(offset: offset, bytes: try reader.take(length, path)))
@@ -74,6 +74,9 @@ struct HeaderJournal {
     static func commit(_ update: HeaderUpdate, area: ImageHeaderArea, paths: ImagePaths) throws {
         guard !update.isEmpty else { return }
         let journal = HeaderJournal(headerOffset: area.rootOffset, update: update)
+        for group in update.groups {
+            for patch in group { try area.qcow.checkWritable(count: patch.bytes.count, at: area.rootOffset + patch.offset) }
+        }
         try DurableFile.replace(paths.journal, with: journal.encoded(), mode: 0o600)
         CrashPoint.durable("journal written")
         try journal.apply(to: area.qcow)

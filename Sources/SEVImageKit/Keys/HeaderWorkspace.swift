@@ -50,7 +50,12 @@ final class HeaderWorkspace {
     /// Keyslot areas the operation frees are refilled with random bytes, as `create` leaves them.
     func change(_ body: (CryptDevice) throws -> Void) throws -> HeaderUpdate {
         let usedBefore = try usedKeyslotRanges()
-        try body(device)
+        do {
+            try body(device)
+        } catch LUKSError.library(_, let status, let message) where status == -ETXTBSY {
+            let reason = (message ?? "Unmet LUKS2 requirements").trimmingCharacters(in: CharacterSet(charactersIn: ". \n"))
+            throw KeysError.unchangeableHeader(image, reason.prefix(1).lowercased() + reason.dropFirst())
+        }
         let usedAfter = try usedKeyslotRanges()
         var bytes = [UInt8](repeating: 0, count: original.count)
         let file = try RawFile(path: path, writable: false)

@@ -21,13 +21,14 @@ final class ImageHeaderArea {
     init(image: String, writable: Bool) throws {
         self.image = image
         qcow = try QCOW2Image(path: image, writable: writable)
-        (rootOffset, rootSize) = try Self.findRoot(qcow, image: image)
+        let root = try Self.findRoot(qcow, image: image)
+        (rootOffset, rootSize) = root
         manifestPath = Manifest.defaultPath(forImage: image)
         if FileManager.default.fileExists(atPath: manifestPath) {
             let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: manifestPath)), path: manifestPath)
-            if let root = manifest.partitions.first(where: { $0.role == "root" }),
-               root.firstLBA * 512 != rootOffset || (root.lastLBA + 1) * 512 - rootOffset != rootSize {
-                throw KeysError.manifestMismatch(manifestPath, "its root partition (LBA \(root.firstLBA)-\(root.lastLBA)) is not the image's (LBA \(rootOffset / 512)-\((rootOffset + rootSize) / 512 - 1))")
+            if let claimed = manifest.partitions.first(where: { $0.role == "root" }),
+               lbaByteRange(first: claimed.firstLBA, last: claimed.lastLBA).map({ $0 != root }) ?? true {
+                throw KeysError.manifestMismatch(manifestPath, "its root partition (LBA \(claimed.firstLBA)-\(claimed.lastLBA)) is not the image's (LBA \(root.0 / 512)-\((root.0 + root.1) / 512 - 1))")
             }
             self.manifest = manifest
         } else {
@@ -36,6 +37,8 @@ final class ImageHeaderArea {
         guard rootSize > LUKSLayout.headerSize else {
             throw KeysError.noRootPartition(image, "the root partition is smaller than a LUKS2 header area")
         }
+        // Every header change is written in place: refuse now, not after a journal promised the change.
+        if writable { try qcow.checkWritable(count: Int(LUKSLayout.headerSize), at: rootOffset) }
     }
 
     /// The root partition from the primary GPT: the x86-64 root type, or else the one partition that starts with a LUKS header.
@@ -44,27 +47,27 @@ final class ImageHeaderArea {
         let header = try qcow.read(count: 92, at: 512)
         guard header[0..<8].elementsEqual(Array("EFI PART".utf8)) else { throw KeysError.noRootPartition(image, "there is no GPT") }
         let entriesLBA = keysLE64(header, 72), count = Int(keysLE32(header, 80)), entrySize = Int(keysLE32(header, 84))
-        guard (1...1024).contains(count), entrySize >= 128, entrySize <= 1024, entrySize % 8 == 0,
-              entriesLBA >= 2, (entriesLBA * 512) + UInt64(count * entrySize) <= qcow.virtualSize else {
+        guard (1...1024).contains(count), entrySize >= 128, entrySize <= 1024, entrySize % 8 == 0, entriesLBA >= 2,
+              let arrayEnd = entriesLBA.checkedMultiplied(by: 512)?.checkedAdding(UInt64(count * entrySize)), arrayEnd <= qcow.virtualSize else {
             throw KeysError.noRootPartition(image, "its GPT header is damaged")
         }
         let table = try qcow.read(count: count * entrySize, at: entriesLBA * 512)
-        var partitions: [(type: GUID, first: UInt64, last: UInt64)] = []
+        var partitions: [(type: GUID, offset: UInt64, size: UInt64)] = []
         for index in 0..<count {
             let base = index * entrySize
             let type = GUID(efiBytes: Array(table[base..<base + 16]))
             guard type.bytes.contains(where: { $0 != 0 }) else { continue }
             let first = keysLE64(table, base + 32), last = keysLE64(table, base + 40)
-            guard first <= last, (last + 1) * 512 <= qcow.virtualSize else {
+            guard let bytes = lbaByteRange(first: first, last: last, within: qcow.virtualSize) else {
                 throw KeysError.noRootPartition(image, "GPT entry \(index + 1) lies outside the disk")
             }
-            partitions.append((type, first, last))
+            partitions.append((type, bytes.offset, bytes.size))
         }
         if let root = partitions.first(where: { $0.type == KnownGUID.rootX86_64Type }) {
-            return (root.first * 512, (root.last - root.first + 1) * 512)
+            return (root.offset, root.size)
         }
-        for partition in partitions where try qcow.read(count: 6, at: partition.first * 512) == luksMagic {
-            return (partition.first * 512, (partition.last - partition.first + 1) * 512)
+        for partition in partitions where try qcow.read(count: 6, at: partition.offset) == luksMagic {
+            return (partition.offset, partition.size)
         }
         throw KeysError.noRootPartition(image, "no partition has the x86-64 root type or a LUKS header")
     }

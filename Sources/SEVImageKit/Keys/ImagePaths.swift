@@ -23,14 +23,32 @@ public struct ImagePaths: Sendable {
     public var rotationState: String { image + ".sevimage-rotate" }
     public var reencryptDirectory: String { image + ".sevimage-reencrypt" }
 
+    /// The endings of the files that go with an image: an image must not be named like one of them.
+    public static let companionSuffixes = [".passphrase", ".passphrase.new", ".passphrase.old", ".manifest.json",
+                                           ".sevimage-journal", ".sevimage-rotate", ".sevimage-reencrypt", ".sevimage-lock"]
+
+    /// Refuses an image named like a companion file, and an image whose files are not all distinct
+    /// (`create`, `rotate`, `reencrypt` and `keys` call it before they write anything).
+    public static func check(image: String, extra: [(role: String, path: String)] = []) throws {
+        let name = PathName.name(of: image)
+        if let suffix = companionSuffixes.first(where: { name.hasSuffix($0) }) {
+            throw GeneralError.invalidArgument("image \(image) is named like the \(suffix) file that goes with an image; give it another name (such as \(PathName.stem(name)).qcow2)")
+        }
+        let paths = ImagePaths(image: image)
+        try PathName.requireDistinct([("image", image), ("manifest", paths.manifest), ("passphrase file", paths.passphrase),
+                                      ("new passphrase file", paths.newPassphrase), ("old passphrase file", paths.oldPassphrase),
+                                      ("header journal", paths.journal), ("rotation state", paths.rotationState),
+                                      ("re-encryption directory", paths.reencryptDirectory)] + extra)
+    }
+
     /// The prefix of the private header copies (`TemporaryDirectory` adds `-XXXXXX`).
-    var workspacePurpose: String { ((image as NSString).lastPathComponent) + ".sevimage-keys" }
+    var workspacePurpose: String { (PathName.name(of: image)) + ".sevimage-keys" }
 
     /// Removes what a killed run may have left that no step needs: temporary names of durable replacements
     /// (one may hold a passphrase) and private header copies. Call it holding the image's lock.
     func removeLeftovers() {
         for path in [passphrase, journal, rotationState, manifest] { unlink(path + ".tmp") }
-        let directory = (image as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: image)
         let parent = directory.isEmpty ? "." : directory
         let prefix = "." + workspacePurpose + "-"
         for name in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where name.hasPrefix(prefix) && name.count == prefix.count + 6 {

@@ -76,6 +76,7 @@ public struct KeyRotation {
     public func run() throws -> RotateResult {
         let started = Date()
         let paths = ImagePaths(image: request.image)
+        try ImagePaths.check(image: request.image)
         let lock = try ImageLock(image: request.image)
         defer { withExtendedLifetime(lock) {} }
         paths.removeLeftovers()
@@ -86,6 +87,17 @@ public struct KeyRotation {
         }
         var workspace = try area.workspace()
         let (volumeKey, openedSlot) = try workspace.unlock(request.passphrase)
+
+        // What this run wrote before its first change to the image: a refusal until then (libcryptsetup's, a
+        // header it cannot change) takes them back, so that nothing is left pending that no rerun can finish.
+        var undo: [String] = []
+        var imageChanged = false
+        defer {
+            if !imageChanged, !undo.isEmpty, !ImagePaths.exists(paths.journal) {
+                for path in undo.reversed() { unlink(path) }
+                try? OutputFiles.syncDirectory(of: request.image)
+            }
+        }
 
         // 1. The rotation's state.
         var resumed = false
@@ -111,6 +123,7 @@ public struct KeyRotation {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             try DurableFile.replace(paths.rotationState, with: try encoder.encode(state), mode: 0o600)
+            undo.append(paths.rotationState)
             CrashPoint.durable("rotation state written")
         }
 
@@ -125,6 +138,7 @@ public struct KeyRotation {
         } else {
             newPassphrase = try request.newPassphrase ?? Passphrase.generate()
             try newPassphrase.write(toNewFile: paths.newPassphrase)
+            undo.append(paths.newPassphrase)
             try OutputFiles.syncDirectory(of: paths.newPassphrase)
             CrashPoint.durable("new passphrase written")
             fresh = request.newPassphrase == nil
@@ -146,9 +160,12 @@ public struct KeyRotation {
                 added = try device.addKeyslot(volumeKey: volumeKey, passphrase: newPassphrase.secret, iterations: state.iterations)
             }
             try HeaderJournal.commit(update, area: area, paths: paths)
+            imageChanged = true
             newSlot = added
             workspace = try area.workspace()
         }
+
+        imageChanged = true  // or nothing to change: from here on a rerun finishes what is written
 
         // 4. IMAGE.passphrase becomes the new one.
         var oldBackup: String?
@@ -192,7 +209,7 @@ public struct KeyRotation {
             try ManifestUpdate.write(manifest, path: area.manifestPath, keyslots: workspace.device.keyslots,
                                      roles: [newSlot: state.role],
                                      record: .init(kind: "rotate", at: iso8601(Date()), removedKeyslots: state.oldKeyslots, addedKeyslots: [newSlot]),
-                                     imageDigest: digest, passphraseFile: (paths.passphrase as NSString).lastPathComponent)
+                                     imageDigest: digest, passphraseFile: PathName.name(of: paths.passphrase))
         }
 
         // 7. Clean up: .new first (a rerun then finds the new passphrase in IMAGE.passphrase), the state last.

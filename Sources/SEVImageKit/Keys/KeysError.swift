@@ -11,6 +11,8 @@ public enum KeysError: SEVImageError {
     case passphraseOpensOnlyRemovedSlot(String, Int)
     case samePassphrase(String)
     case noFreeKeyslot(String)
+    /// libcryptsetup will not change the header (a requirement it does not know, from a newer cryptsetup).
+    case unchangeableHeader(String, String)
 
     public var exitStatus: ExitStatus {
         switch self {
@@ -22,6 +24,8 @@ public enum KeysError: SEVImageError {
 
     public var description: String {
         switch self {
+        case .unchangeableHeader(let path, let why):
+            "the LUKS2 header of \(path) cannot be changed here (\(why)); nothing was changed: change its keyslots with the cryptsetup that made it, or make a new image with sevimage create"
         case .readOnly(let path, let why):
             "\(path) is read-only (\(why)); nothing was changed"
         case .inUseByQEMU(let path):

@@ -29,6 +29,7 @@ public struct KeyslotChange: Sendable, Codable {
 /// `sevimage keys list|add|remove`: keyslots of an image's LUKS header, changed in place through the journal.
 public enum Keyslots {
     public static func list(image: String) throws -> KeyslotListing {
+        try ImagePaths.check(image: image)
         let lock = try ImageLock(image: image, exclusive: false)
         defer { withExtendedLifetime(lock) {} }
         let area = try ImageHeaderArea(image: image, writable: false)
@@ -81,6 +82,7 @@ public enum Keyslots {
 
     private static func open(_ image: String) throws -> (ImageLock, ImageHeaderArea, ImagePaths) {
         let paths = ImagePaths(image: image)
+        try ImagePaths.check(image: image)
         let lock = try ImageLock(image: image)
         paths.removeLeftovers()
         try refuseReencryptPending(paths)

@@ -66,6 +66,7 @@ public struct Reencryption {
     public func run() throws -> ReencryptResult {
         let started = Date()
         let paths = ImagePaths(image: request.image)
+        try ImagePaths.check(image: request.image)
         let lock = try ImageLock(image: request.image)
         defer { withExtendedLifetime(lock) {} }
         paths.removeLeftovers()
@@ -245,7 +246,7 @@ public struct Reencryption {
                 .init(slot: $0.slot, role: $0.slot == newSlot ? role : "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations)
             }
             updated.rotations.append(.init(kind: "reencrypt", at: iso8601(Date()), removedKeyslots: oldSlots.map(\.slot), addedKeyslots: [newSlot]))
-            updated.secret.passphraseFile = (paths.passphrase as NSString).lastPathComponent
+            updated.secret.passphraseFile = PathName.name(of: paths.passphrase)
             try DurableFile.replace(work + "/manifest.json", with: try updated.encoded())
         }
         let ready = ReencryptReady(headerSHA256: hex(Crypto.sha256(headerBytes)), droppedKeyslots: dropped,

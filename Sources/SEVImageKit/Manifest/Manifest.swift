@@ -206,10 +206,7 @@ extension Manifest {
 }
 
 /// `dir/name` without its last extension: the prefix for `.manifest.json` and `.passphrase`.
-public func stem(_ path: String) -> String {
-    let ns = path as NSString
-    return ns.pathExtension.isEmpty ? path : ns.deletingPathExtension
-}
+public func stem(_ path: String) -> String { PathName.stem(path) }
 
 /// A short, one-line account of a JSON decoding error.
 func jsonProblem(_ error: Error) -> String {

@@ -176,7 +176,7 @@ extension Profile {
                 path = directory + "/" + path
             }
             return ProfileSource(name: nameOrPath, displayName: path, location: path,
-                                 directory: (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent,
+                                 directory: PathName.directory(of: path).isEmpty ? "." : PathName.directory(of: path),
                                  text: try readProfileFile(path))
         }
         var searched: [String] = []

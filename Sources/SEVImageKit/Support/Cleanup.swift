@@ -43,7 +43,7 @@ public final class TemporaryDirectory {
     private var owner: Int32 = -1
 
     public init(near outputPath: String, purpose: String = "sevimage") throws {
-        let directory = (outputPath as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: outputPath)
         let parent = directory.isEmpty ? "." : directory
         var template = Array("\(parent)/.\(purpose)-XXXXXX".utf8CString)
         guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {

@@ -19,9 +19,9 @@ public final class OutputLock {
 
     public init(output: String) throws {
         self.output = output
-        let directory = (output as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: output)
         let parent = directory.isEmpty ? "." : directory
-        lockPath = parent + "/." + (output as NSString).lastPathComponent + ".sevimage-lock"
+        lockPath = parent + "/." + PathName.name(of: output) + ".sevimage-lock"
         for _ in 0..<20 {
             let candidate = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             guard candidate >= 0 else {
@@ -122,7 +122,7 @@ public enum WorkDirectory {
     /// Returns the directories removed.
     @discardableResult
     public static func reapStale(near output: String, minimumAgeWithoutOwner: TimeInterval = 60) -> [String] {
-        let directory = (output as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: output)
         let parent = directory.isEmpty ? "." : directory
         var removed: [String] = []
         let names = (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
@@ -230,7 +230,7 @@ public struct PublishJournal {
     /// unless `temporary` lies in a journaled work directory. With `replace`, an existing final is kept
     /// as a hard link in the work directory until the run completes.
     static func record(temporary: String, final: String, replace: Bool) throws {
-        let directory = (temporary as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: temporary)
         let path = directory + "/" + fileName
         guard identity(of: path) != nil, let source = identity(of: temporary) else { return }
         var entry = Entry(device: source[0], inode: source[1], final: absolutePath(final), backup: nil)

@@ -11,7 +11,7 @@ public enum OutputFiles {
         close(fd)
         guard synced == 0 else { throw GeneralError.io("flush", path: temporary, errno: errno) }
         try PublishJournal.record(temporary: temporary, final: final, replace: replace)
-        FaultInjection.checkpoint("before publishing \((final as NSString).lastPathComponent)")
+        FaultInjection.checkpoint("before publishing \(PathName.name(of: final))")
         if replace {
             guard rename(temporary, final) == 0 else { throw GeneralError.io("move into place", path: final, errno: errno) }
         } else {
@@ -22,7 +22,7 @@ public enum OutputFiles {
             unlink(temporary)
         }
         try syncDirectory(of: final)
-        FaultInjection.checkpoint("published \((final as NSString).lastPathComponent)")
+        FaultInjection.checkpoint("published \(PathName.name(of: final))")
     }
 
     /// Creates `path` exclusively (never through a symlink) with `mode`, writes `bytes`, and fsyncs it;
@@ -50,7 +50,7 @@ public enum OutputFiles {
     }
 
     public static func syncDirectory(of path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: path)
         let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw GeneralError.io("open", path: directory, errno: errno) }
         defer { close(fd) }
@@ -59,7 +59,7 @@ public enum OutputFiles {
 
     /// Refuses an output path that exists (unless `force`) or whose directory is missing or not writable.
     public static func checkWritable(_ path: String, force: Bool) throws {
-        let directory = (path as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: path)
         let dir = directory.isEmpty ? "." : directory
         var info = stat()
         guard stat(dir, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {

@@ -155,7 +155,7 @@ public struct ImageVerifier {
         }
         guard let claimed else {
             return [VerificationCheck(name: "firmware", status: .fail, expected: "nothing (the manifest names no firmware)",
-                                      actual: (ovmfPath as NSString).lastPathComponent, note: "link it with sevimage link")]
+                                      actual: PathName.name(of: ovmfPath), note: "link it with sevimage link")]
         }
         var modes: [String] = [], vcpus: [Int] = []
         for digest in claimed.launchDigests {
@@ -194,9 +194,18 @@ public struct ImageVerifier {
                     VerificationCheck(name: "root ext4 uuid", status: .skipped, note: "the volume did not open")]
         }
         var checks = [VerificationCheck(name: "passphrase opens a keyslot", status: .pass, actual: "keyslot \(unlocked.keyslot)")]
-        // The ext4 superblock sits 1024 bytes into the first 4 KiB sector of the data segment.
+        // The ext4 superblock sits 1024 bytes into the data segment: decrypt its first 4 KiB, which is one
+        // sector of 4096 bytes or several smaller ones (the header's sector size, 512 bytes included).
         let sectorSize = device.sectorSize
-        var sector = try inspector.disk.read(count: sectorSize, at: entry.offset + device.dataOffset)
+        let span = 4096
+        guard sectorSize > 0, span % sectorSize == 0,
+              let start = entry.offset.checkedAdding(device.dataOffset), let end = start.checkedAdding(UInt64(span)),
+              end <= inspector.disk.virtualSize else {
+            checks.append(VerificationCheck(name: "root ext4 uuid", status: .fail, expected: claimed.innerFilesystemUUID?.lowercased() ?? "an ext4 filesystem",
+                                            actual: "the LUKS2 data segment (sector size \(sectorSize), offset \(device.dataOffset)) lies outside the disk"))
+            return checks
+        }
+        var sector = try inspector.disk.read(count: span, at: start)
         defer { sector.withUnsafeMutableBytes { wipe($0) } }
         let cipher = try XTSCipher(key: unlocked.key, sectorSize: sectorSize, encrypt: false)
         try sector.withUnsafeMutableBytes { try cipher.process($0, firstSector: 0) }

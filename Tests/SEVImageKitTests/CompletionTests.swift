@@ -8,7 +8,7 @@ import Testing
     func completionScriptNamesTheCommands(shell: String) throws {
         let result = try sevimage(["--generate-completion-script", shell])
         #expect(result.status == 0 && result.stderr.isEmpty)
-        for word in ["inspect", "verify", "link", "create", "--passphrase-file", "--generate-initramfs-keyfile"] {
+        for word in ["inspect", "verify", "link", "create", "--passphrase-file", "--no-initramfs-unlock"] {
             // fish lists options without their dashes.
             #expect(result.stdout.contains(String(word.drop { $0 == "-" })), "\(shell) completions miss \(word)")
         }

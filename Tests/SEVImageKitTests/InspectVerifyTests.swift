@@ -207,30 +207,85 @@ struct InspectVerifyTests {
         #expect(mismatch.status == ExitStatus.verificationFailed.rawValue && mismatch.stderr.contains("does not describe"))
     }
 
-    @Test func generatedInitramfsKeyfileOpensTheVolume() throws {
+    /// A tiny newc initramfs holding `names` (empty files, directories made as needed), gzip'ed as Debian's are.
+    static func makeInitramfs(at path: String, names: [String], in scratch: Scratch) throws {
+        let staging = scratch.file("initramfs-staging-\(UUID().uuidString.prefix(8))")
+        for name in names {
+            try FileManager.default.createDirectory(atPath: staging + "/" + (name as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try Data("x\n".utf8).write(to: URL(fileURLWithPath: staging + "/" + name))
+        }
+        try runChecked("/bin/sh", ["-c", "cd '\(staging)' && find . | cpio -o -H newc --quiet | gzip -9n > '\(path)'"])
+    }
+
+    /// What `create` writes by default for an initramfs-tools tree: a keyslot whose key, with the crypttab entry,
+    /// is in /boot/sevimage-unlock.img, loaded after the tree's initrd; every UUID as blkid spells it.
+    @Test func unlockArchiveOpensTheVolumeAndNamesItAsBlkidDoes() throws {
         let scratch = try Scratch()
-        let image = try makeImage(scratch, extra: ["--generate-initramfs-keyfile"])
-        let manifest = try String(contentsOfFile: scratch.file("vm.manifest.json"), encoding: .utf8)
-        #expect(manifest.contains("\"role\" : \"keyfile\""))
+        let tree = scratch.file("tree")
+        try FileManager.default.createDirectory(atPath: tree + "/boot", withIntermediateDirectories: true)
+        try Self.makeInitramfs(at: tree + "/boot/initrd.img-6.1.0", names: ["init", "conf/initramfs.conf", "scripts/local",
+                               "scripts/local-top/cryptroot", "usr/sbin/cryptsetup"], in: scratch)
+        let image = try makeImage(scratch)
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
+        #expect(manifest.luks.keyslots.map(\.role) == ["generated", "initramfs"])
+        #expect(manifest.boot?.initramfs == "initramfs-tools" && manifest.boot?.unlockArchive == "/boot/sevimage-unlock.img")
         let opened = try OpenedImage(image: image)
+        let blkidUUID = try runChecked("blkid", ["-p", "-s", "UUID", "-o", "value", opened.luksPartition]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(blkidUUID == blkidUUID.lowercased() && manifest.luks.uuid == blkidUUID)
+        #expect(manifest.partitions[1].filesystemUUID == blkidUUID)
         let plain = try opened.decryptRoot(passphraseFile: scratch.file("vm.passphrase"))
         try runChecked("e2fsck", ["-fn", plain])
-        let key = scratch.file("root.key")
-        try runChecked("debugfs", ["-R", "dump /etc/cryptsetup-keys.d/root.key \(key)", plain])
-        let stat = try runChecked("debugfs", ["-R", "stat /etc/cryptsetup-keys.d/root.key", plain]).stdout
-        #expect(stat.contains("Mode:  0400") && stat.contains("User:     0"))
-        #expect(try Data(contentsOf: URL(fileURLWithPath: key)).count == 64)
-        let open = try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", key, opened.luksPartition])
+        let ext4UUID = try runChecked("blkid", ["-p", "-s", "UUID", "-o", "value", plain]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(manifest.partitions[1].innerFilesystemUUID == ext4UUID)
+        let cfg = try runChecked("debugfs", ["-R", "cat /boot/grub/grub.cfg", plain]).stdout
+        #expect(cfg.contains("linux /boot/vmlinuz-6.1.0 root=UUID=\(ext4UUID) rd.luks.uuid=\(blkidUUID) rw console=ttyS0 quiet"), "\(cfg)")
+        #expect(cfg.contains("initrd /boot/initrd.img-6.1.0 /boot/sevimage-unlock.img"), "\(cfg)")
+        let stat = try runChecked("debugfs", ["-R", "stat /boot/sevimage-unlock.img", plain]).stdout
+        #expect(stat.contains("Mode:  0600") && stat.contains("User:     0"))
+
+        // The archive, unpacked by cpio: crypttab for initramfs-tools, the same key for systemd-cryptsetup.
+        let archive = scratch.file("unlock.img"), unpacked = scratch.file("unpacked")
+        try runChecked("debugfs", ["-R", "dump /boot/sevimage-unlock.img \(archive)", plain])
+        try FileManager.default.createDirectory(atPath: unpacked, withIntermediateDirectories: true)
+        try runChecked("/bin/sh", ["-c", "cd '\(unpacked)' && cpio -i --quiet --no-absolute-filenames < '\(archive)'"])
+        #expect(try String(contentsOfFile: unpacked + "/cryptroot/crypttab", encoding: .utf8)
+                == "root UUID=\(blkidUUID) /cryptroot/keyfiles/root.key luks\n")
+        let key = try Data(contentsOf: URL(fileURLWithPath: unpacked + "/cryptroot/keyfiles/root.key"))
+        #expect(key.count == 64)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: unpacked + "/etc/cryptsetup-keys.d/luks-\(blkidUUID).key")) == key)
+        let listing = try runChecked("/bin/sh", ["-c", "cpio -itv --quiet < '\(archive)'"]).stdout
+        #expect(listing.contains("-r--------   1 root     root           64") && !listing.contains("rwxrwxrwx"), "\(listing)")
+        let open = try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", unpacked + "/cryptroot/keyfiles/root.key", opened.luksPartition])
         #expect(open.status == 0, "\(open)")
         let dump = try runChecked("cryptsetup", ["luksDump", opened.luksPartition]).stdout
         #expect(dump.contains("  1: luks2") && !dump.contains("argon2"))
-        let crypttab = scratch.file("crypttab")
-        try runChecked("debugfs", ["-R", "dump /etc/crypttab \(crypttab)", plain])
-        let uuid = try runChecked("cryptsetup", ["luksUUID", opened.luksPartition]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(try String(contentsOfFile: crypttab, encoding: .utf8) == "root UUID=\(uuid) /etc/cryptsetup-keys.d/root.key luks,discard\n")
         #expect((try sevimage(["verify", image])).status == 0)
+    }
 
-        // The author's own key file: a keyslot, nothing written into the root.
+    /// An initramfs that cannot open LUKS is refused with the package to install; --no-initramfs-unlock lets it through.
+    @Test func initramfsWithoutCryptsetupIsRefused() throws {
+        for (names, package) in [(["init", "conf/initramfs.conf", "scripts/local"], "install cryptsetup-initramfs in the tree"),
+                                 (["init", "usr/lib/dracut/modules.txt", "usr/bin/dracut-cmdline"], "install cryptsetup (dracut's crypt module")] {
+            let scratch = try Scratch()
+            let tree = scratch.file("tree")
+            try FileManager.default.createDirectory(atPath: tree + "/boot", withIntermediateDirectories: true)
+            try Data("kernel\n".utf8).write(to: URL(fileURLWithPath: tree + "/boot/vmlinuz-6.1.0"))
+            try Self.makeInitramfs(at: tree + "/boot/initrd.img-6.1.0", names: names, in: scratch)
+            let refused = try sevimage(["create", "--rootfs", tree, "--output", scratch.file("vm.qcow2"), "--size", "200M"])
+            #expect(refused.status == ExitStatus.invalidInput.rawValue, "\(refused)")
+            #expect(refused.stderr.contains("the initramfs /boot/initrd.img-6.1.0") && refused.stderr.contains(package), "\(refused)")
+            #expect(refused.stderr.split(separator: "\n").count == 1 && !FileManager.default.fileExists(atPath: scratch.file("vm.qcow2")))
+            let image = try makeImage(scratch, extra: ["--no-initramfs-unlock"])
+            let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
+            #expect(manifest.luks.keyslots.map(\.role) == ["generated"] && manifest.boot?.unlockArchive == nil)
+            let plain = try OpenedImage(image: image).decryptRoot(passphraseFile: scratch.file("vm.passphrase"))
+            #expect(try runChecked("debugfs", ["-R", "cat /boot/grub/grub.cfg", plain]).stdout.contains("initrd /boot/initrd.img-6.1.0\n"))
+        }
+    }
+
+    /// The author's own key file: a keyslot, nothing written into the root.
+    @Test func authorsKeyfileAddsOnlyAKeyslot() throws {
         let scratch2 = try Scratch()
         let ownKey = scratch2.file("author.key")
         try Data((0..<100).map { UInt8($0) }).write(to: URL(fileURLWithPath: ownKey))
@@ -238,5 +293,7 @@ struct InspectVerifyTests {
         let image2 = try makeImage(scratch2, extra: ["--initramfs-keyfile", ownKey])
         let opened2 = try OpenedImage(image: image2)
         #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", ownKey, opened2.luksPartition]).status == 0)
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch2.file("vm.manifest.json"))), path: "manifest")
+        #expect(manifest.luks.keyslots.map(\.role) == ["generated", "keyfile"] && manifest.boot?.unlockArchive == nil)
     }
 }

@@ -167,7 +167,7 @@ public struct ImageBuilder {
         let createdAt = iso8601(timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? started)
         let manifest = Manifest(
             tool: .init(), createdAt: createdAt,
-            image: .init(file: (request.output as NSString).lastPathComponent, format: "qcow2", virtualSize: layout.diskSize,
+            image: .init(file: PathName.name(of: request.output), format: "qcow2", virtualSize: layout.diskSize,
                          blockSHA256: hex(digest), diskGUID: diskGUID.description),
             partitions: [
                 .init(number: 1, role: "esp", name: "esp", typeGUID: KnownGUID.espType.description, partitionGUID: espGUID.description,
@@ -183,7 +183,7 @@ public struct ImageBuilder {
                         keyslots: keyslots.map { .init(slot: $0.slot, role: roles[$0.slot] ?? "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations) },
                         encryptedExtent: profile.wipeFreeSpace ? "full" : "used-blocks"),
             secret: .init(tableGUID: KnownGUID.secretTableHeader.description, entryGUID: KnownGUID.diskPassphraseEntry.description,
-                          passphraseFile: request.passphrase == nil ? (request.passphrasePath as NSString).lastPathComponent : nil),
+                          passphraseFile: request.passphrase == nil ? PathName.name(of: request.passphrasePath) : nil),
             profile: profile.name, firmware: firmware,
             reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded), boot: boot.summary)
         let manifestTemp = scratch.file("manifest.json")

@@ -20,7 +20,7 @@ public struct InitramfsInspection: Sendable, Equatable, Codable {
     public var kind: Kind
     /// Whether the initramfs holds what unlocks LUKS (nil for `other`).
     public var unlocksLUKS: Bool?
-    /// The compressions met, in order: `none`, `gzip`, `zstd`, `xz`, ...
+    /// The compressions met, in order: `none`, `gzip`, `zstd`, `xz`, ... (`unknown`: the rest was not read).
     public var compression: [String]
 
     /// The package that gives this initramfs what it lacks, for the refusal.
@@ -53,7 +53,8 @@ public struct InitramfsInspection: Sendable, Equatable, Codable {
             var magic = [UInt8](repeating: 0, count: 6)
             let got = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, 6, off_t(rest)) }
             guard let decompressor = InitramfsDecompressor.matching(Array(magic.prefix(max(0, got)))) else {
-                throw InitramfsError.unreadable(relative, reason: "it holds data that is neither a cpio archive nor in a compression the kernel reads")
+                // Not an initramfs sevimage can read (nor, most likely, one the kernel can): nothing to judge it by.
+                return InitramfsInspection(path: "/" + relative, kind: .other, unlocksLUKS: nil, compression: compression + ["unknown"])
             }
             compression.append(decompressor.name)
             guard lseek(fd, off_t(rest), SEEK_SET) >= 0 else { throw GeneralError.io("seek", path: relative, errno: errno) }

@@ -11,14 +11,17 @@ final class KeysFixture {
     /// A copy of the passphrase `create` generated (IMAGE.passphrase itself gets replaced).
     let originalPassphrase: String
 
-    init() throws {
+    /// `unlockArchive`: with the initramfs keyslot and /boot/sevimage-unlock.img that `create` adds by default
+    /// (the rich tree has an initrd); without, the image has the generated passphrase's keyslot alone.
+    init(unlockArchive: Bool = false) throws {
         scratch = try Scratch()
         let tree = scratch.file("tree")
         try makeRichTree(at: tree, owners: false)
         try Data((0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7919 >> 5 ^ $0) })
             .write(to: URL(fileURLWithPath: tree + "/etc/payload.bin"))
         image = scratch.file("vm.qcow2")
-        let result = try sevimage(["create", "--rootfs", tree, "--output", image, "--size", "160M", "--quiet"])
+        let result = try sevimage(["create", "--rootfs", tree, "--output", image, "--size", "160M", "--quiet"]
+                                  + (unlockArchive ? [] : ["--no-initramfs-unlock"]))
         guard result.status == 0 else { throw GeneralError.toolFailed("sevimage create", status: result.status, stderr: result.stderr) }
         passphraseFile = scratch.file("vm.passphrase")
         manifest = scratch.file("vm.manifest.json")

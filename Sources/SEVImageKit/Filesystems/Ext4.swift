@@ -75,6 +75,12 @@ public struct Ext4Builder: Sendable {
 }
 
 extension Ext4Builder {
+    /// The blocks that hold a file's data, in file order (`debugfs blocks`).
+    public func blocks(of file: String, path: String) throws -> [UInt64] {
+        let output = try ExternalTool.debugfs.run(["-R", "blocks \(RootTree.debugfsQuoted(file))", path], environment: environment)
+        return output.stdoutText.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
+    }
+
     /// libeatmydata (Debian's `libeatmydata1`), preloaded into mke2fs and debugfs when installed: it turns
     /// their fsync calls into no-ops. Their output is a scratch file that is read once and deleted, so its
     /// durability is worthless, while mke2fs's closing fsync would write the whole filesystem to disk once

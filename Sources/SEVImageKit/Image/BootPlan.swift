@@ -62,10 +62,10 @@ struct BootPlan {
         return GrubRootConfig(kernel: kernel, initrds: (initrd.map { [$0] } ?? []) + archive, commandLine: commandLine, timeout: timeout)
     }
 
-    /// What the manifest and `--json` say about the boot.
-    var summary: Manifest.Boot {
+    /// What the manifest and `--json` say about the boot; `archiveBlock` is where the unlock archive went.
+    func summary(archiveBlock: UInt64?) -> Manifest.Boot {
         Manifest.Boot(kernel: "/boot/" + kernel, initrd: initrd.map { "/boot/" + $0 }, initramfs: inspection?.kind.rawValue,
-                      unlockArchive: writesArchive ? InitramfsKeyfile.archivePath : nil,
+                      unlockArchive: writesArchive ? InitramfsKeyfile.archivePath : nil, unlockArchiveBlock: writesArchive ? archiveBlock : nil,
                       grubConfig: keepsTreeConfig ? "tree" : "generated", kernelCommandLine: keepsTreeConfig ? nil : commandLine)
     }
 

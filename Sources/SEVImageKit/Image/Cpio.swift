@@ -111,6 +111,26 @@ enum Cpio {
         return listing
     }
 
+    /// The regular files of one archive held in memory, with where their data is; nil when `bytes` does not start
+    /// with a well-formed archive that ends inside it.
+    static func files(in bytes: [UInt8]) -> [String: Range<Int>]? {
+        var files: [String: Range<Int>] = [:]
+        var offset = 0
+        func aligned(_ value: Int) -> Int { (value + 3) & ~3 }
+        while offset + headerSize <= bytes.count {
+            let header = Array(bytes[offset..<(offset + headerSize)])
+            guard Array(header.prefix(6)) == magic, let fields = parseFields(header), fields[11] > 0, fields[11] <= 4096 else { return nil }
+            let nameStart = offset + headerSize
+            let dataStart = aligned(nameStart + Int(fields[11])), dataEnd = dataStart + Int(fields[6])
+            guard dataEnd <= bytes.count else { return nil }
+            let name = String(decoding: bytes[nameStart..<(nameStart + Int(fields[11]))].prefix { $0 != 0 }, as: UTF8.self)
+            if name == trailer { return files }
+            if UInt32(truncatingIfNeeded: fields[1]) & UInt32(S_IFMT) == UInt32(S_IFREG) { files[name] = dataStart..<dataEnd }
+            offset = aligned(dataEnd)
+        }
+        return nil
+    }
+
     /// The 13 hex fields after the magic, or nil when one is not 8 hex digits.
     private static func parseFields(_ header: [UInt8]) -> [UInt64]? {
         var fields: [UInt64] = []

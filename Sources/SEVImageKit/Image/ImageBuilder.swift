@@ -135,7 +135,7 @@ public struct ImageBuilder {
         FaultInjection.checkpoint("root tree prepared")
 
         progress.step("building the ext4 root filesystem (\(readableSize(ext4Size))) and encrypting it into the QCOW2")
-        let luks: CryptDevice, roles: [Int: String], esp: ESPBuilder
+        let luks: CryptDevice, roles: [Int: String], esp: ESPBuilder, archiveBlock: UInt64?
         do {
             (luks, roles, esp) = try buildOuterParts(layout: layout, ids: (diskGUID, espGUID, rootGUID, fatID), luksUUID: luksUUIDText,
                                                     ext4UUID: ext4UUID, passphrase: passphrase, volumeKey: volumeKey,
@@ -144,6 +144,7 @@ public struct ImageBuilder {
             try mke2fs!.wait().get()
             prefetch?.finish()
             try ext4.edit(path: ext4Path, tree: tree.directory, debugfsCommands: commands)
+            archiveBlock = boot.writesArchive ? try ext4.blocks(of: InitramfsKeyfile.archivePath, path: ext4Path).first : nil
         } catch {
             abandonMke2fs()  // the build is abandoned
             try? encryption.stopFollowing()
@@ -185,7 +186,7 @@ public struct ImageBuilder {
             secret: .init(tableGUID: KnownGUID.secretTableHeader.description, entryGUID: KnownGUID.diskPassphraseEntry.description,
                           passphraseFile: request.passphrase == nil ? PathName.name(of: request.passphrasePath) : nil),
             profile: profile.name, firmware: firmware,
-            reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded), boot: boot.summary)
+            reproducible: .init(sourceDateEpoch: timestamp, seeded: ids.isSeeded), boot: boot.summary(archiveBlock: archiveBlock))
         let manifestTemp = scratch.file("manifest.json")
         try manifest.encoded().write(to: URL(fileURLWithPath: manifestTemp))
         FaultInjection.checkpoint("manifest written")
@@ -218,7 +219,7 @@ public struct ImageBuilder {
         return CreateResult(image: request.output, manifest: request.manifestPath,
                             passphraseFile: request.passphrase == nil ? request.passphrasePath : nil,
                             virtualSize: layout.diskSize, imageBytes: imageBytes, encryptedBytes: total,
-                            luksUUID: luksUUIDText, boot: boot.summary, seconds: Date().timeIntervalSince(started))
+                            luksUUID: luksUUIDText, boot: boot.summary(archiveBlock: archiveBlock), seconds: Date().timeIntervalSince(started))
     }
 
     /// Steps 2 to 4, while mke2fs runs: the GPT, the ESP with GRUB and the LUKS2 header with its keyslots, built

@@ -196,6 +196,13 @@ public struct Reencryption {
         let luks = try CryptDevice(path: headerPath)
         try luks.format(volumeKey: newKey, uuid: old.uuid, dataOffset: LUKSLayout.headerSize, sectorSize: LUKSLayout.sectorSize, label: nil)
         let newSlot = try luks.addKeyslot(volumeKey: newKey, passphrase: newPassphrase.secret, iterations: iterations)
+        let (renewal, renewalProblem) = try InitramfsKeyRenewal.find(area: area, workspace: workspace, volumeKey: oldKey)
+        let initramfsSlot = try renewal.map { try luks.addKeyslot(volumeKey: newKey, passphrase: $0.newKey, iterations: LUKSLayout.minimumPBKDF2Iterations) }
+        if let renewal {
+            progress.step("renewing the initramfs key in \(InitramfsKeyfile.archivePath) and its keyslot (was \(renewal.oldSlot))")
+        } else if let renewalProblem {
+            progress.step("dropping the initramfs keyslot: \(renewalProblem); the initramfs will ask for the passphrase")
+        }
         let header = try RawFile(path: headerPath, writable: true)
         for range in try luks.unusedKeyslotRanges() {
             let noise = try randomBytes(Int(range.count))
@@ -219,7 +226,7 @@ public struct Reencryption {
         let total = data.reduce(UInt64(0)) { $0 + UInt64($1.count) }
         progress.step("re-encrypting \(readableSize(total)) of allocated data into a new QCOW2")
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
-                                 target: output, progress: progress.meter("re-encrypting", total: total))
+                                 target: output, renewal: renewal, progress: progress.meter("re-encrypting", total: total))
         try output.finish()
         let imageDigest = try output.digestWhileSyncing()
         unlink(headerPath)
@@ -237,15 +244,18 @@ public struct Reencryption {
         }
         CrashPoint.durable("new image written")
 
-        let dropped = oldSlots.map(\.slot).filter { $0 != openedSlot }
+        let dropped = oldSlots.map(\.slot).filter { $0 != openedSlot && (initramfsSlot == nil || $0 != renewal?.oldSlot) }
         if let manifest = area.manifest {
             var updated = manifest
             updated.image.record(digest: imageDigest)
             let role = manifest.luks.keyslots.first { $0.slot == openedSlot }?.role ?? "generated"
             updated.luks.keyslots = luks.keyslots.map {
-                .init(slot: $0.slot, role: $0.slot == newSlot ? role : "other", pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations)
+                .init(slot: $0.slot, role: $0.slot == newSlot ? role : $0.slot == initramfsSlot ? "initramfs" : "other",
+                      pbkdf: $0.pbkdf, hash: $0.hash, iterations: $0.iterations)
             }
-            updated.rotations.append(.init(kind: "reencrypt", at: iso8601(Date()), removedKeyslots: oldSlots.map(\.slot), addedKeyslots: [newSlot]))
+            if renewal == nil { updated.boot?.unlockArchiveBlock = nil }
+            updated.rotations.append(.init(kind: "reencrypt", at: iso8601(Date()), removedKeyslots: oldSlots.map(\.slot),
+                                           addedKeyslots: [newSlot] + (initramfsSlot.map { [$0] } ?? [])))
             updated.secret.passphraseFile = PathName.name(of: paths.passphrase)
             try DurableFile.replace(work + "/manifest.json", with: try updated.encoded())
         }
@@ -277,7 +287,8 @@ public struct Reencryption {
 /// Decrypts sectors with the old volume key and encrypts them with the new one, on all cores.
 enum DataReencryption {
     static func run(image: String, ranges: [Range<UInt64>], dataStart: UInt64, oldKey: SecretBytes, newKey: SecretBytes,
-                    target: some PositionalWriter, progress: (@Sendable (UInt64) -> Void)?) throws {
+                    target: some PositionalWriter, renewal: InitramfsKeyRenewal? = nil,
+                    progress: (@Sendable (UInt64) -> Void)?) throws {
         let sector = UInt64(LUKSLayout.sectorSize)
         let chunkSize: UInt64 = 1 << 20
         var chunks: [Range<UInt64>] = []
@@ -312,6 +323,10 @@ enum DataReencryption {
                             let run = UnsafeMutableRawBufferPointer(rebasing: slice[offset..<end])
                             let first = (chunk.lowerBound + UInt64(offset) - dataStart) / sector
                             try decrypt.process(run, firstSector: first)
+                            if let renewal, renewal.sector >= first, renewal.sector < first + UInt64(run.count) / sector {
+                                let at = Int(renewal.sector - first) * Int(sector)
+                                renewal.patch(UnsafeMutableRawBufferPointer(rebasing: run[at..<(at + Int(sector))]))
+                            }
                             try encrypt.process(run, firstSector: first)
                             try target.write(UnsafeRawBufferPointer(run), at: chunk.lowerBound + UInt64(offset))
                             offset = end

@@ -31,6 +31,9 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var initramfs: String?
         /// The archive holding the initramfs's key and crypttab entry, loaded after the initrd (nil: none).
         public var unlockArchive: String?
+        /// The ext4 block (4096 bytes: the same number as the LUKS data sector) that holds the archive: where
+        /// `reencrypt` finds the key to replace. It says only where a file is, nothing of what it holds.
+        public var unlockArchiveBlock: UInt64?
         /// `generated` (sevimage's /boot/grub/grub.cfg) or `tree` (the tree's own, kept).
         public var grubConfig: String
         /// The command line of the generated grub.cfg (nil when the tree's is kept).

@@ -93,7 +93,7 @@ let unprivilegedBinary: String = {
 }()
 
 /// A scratch directory removed when the test ends.
-final class Scratch {
+final class Scratch: Sendable {
     let path: String
     init() throws {
         var template = Array("/tmp/sevimage-test-XXXXXX".utf8CString)

@@ -279,8 +279,10 @@ struct InspectVerifyTests {
             let image = try makeImage(scratch, extra: ["--no-initramfs-unlock"])
             let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
             #expect(manifest.luks.keyslots.map(\.role) == ["generated"] && manifest.boot?.unlockArchive == nil)
-            let plain = try OpenedImage(image: image).decryptRoot(passphraseFile: scratch.file("vm.passphrase"))
-            #expect(try runChecked("debugfs", ["-R", "cat /boot/grub/grub.cfg", plain]).stdout.contains("initrd /boot/initrd.img-6.1.0\n"))
+            let opened = try OpenedImage(image: image)  // owns the decrypted file
+            let plain = try opened.decryptRoot(passphraseFile: scratch.file("vm.passphrase"))
+            let cfg = try runChecked("debugfs", ["-R", "cat /boot/grub/grub.cfg", plain]).stdout
+            #expect(cfg.contains("initrd /boot/initrd.img-6.1.0\n"), "\(cfg)")
         }
     }
 

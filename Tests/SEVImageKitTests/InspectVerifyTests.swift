@@ -299,3 +299,83 @@ struct InspectVerifyTests {
         #expect(manifest.luks.keyslots.map(\.role) == ["generated", "keyfile"] && manifest.boot?.unlockArchive == nil)
     }
 }
+
+/// The generated grub.cfg and what a profile changes about it; trees that point `/boot` out of themselves.
+@Suite(.enabled(if: canCheckImages && hasTool("blkid"), "needs the image tools, blkid and cryptsetup"))
+struct GrubConfigChoiceTests {
+    func tree(_ scratch: Scratch, grubCfg: String?) throws -> String {
+        let tree = scratch.file("tree")
+        try FileManager.default.createDirectory(atPath: tree + "/boot/grub", withIntermediateDirectories: true)
+        try Data("kernel\n".utf8).write(to: URL(fileURLWithPath: tree + "/boot/vmlinuz-6.1.0"))
+        if let grubCfg { try Data(grubCfg.utf8).write(to: URL(fileURLWithPath: tree + "/boot/grub/grub.cfg")) }
+        return tree
+    }
+
+    func cfg(_ scratch: Scratch, _ arguments: [String]) throws -> (cfg: String, result: RunResult) {
+        let image = scratch.file("vm.qcow2")
+        let result = try sevimage(["create", "--output", image, "--size", "200M"] + arguments)
+        try #require(result.status == 0, "\(result)")
+        let opened = try OpenedImage(image: image)
+        let plain = try opened.decryptRoot(passphraseFile: scratch.file("vm.passphrase"))
+        return (try runChecked("debugfs", ["-R", "cat /boot/grub/grub.cfg", plain]).stdout, result)
+    }
+
+    @Test func treesGrubCfgIsReplacedUnlessTheProfileKeepsIt() throws {
+        let hostCfg = "# generated in a chroot for the build host\nlinux /vmlinuz root=/dev/sda1\n"
+        let scratch = try Scratch()
+        let tree = try tree(scratch, grubCfg: hostCfg)
+        let (replaced, result) = try cfg(scratch, ["--rootfs", tree])
+        #expect(replaced.hasPrefix("# Written by sevimage") && result.stderr.contains("replacing the tree's /boot/grub/grub.cfg"))
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "m")
+        #expect(manifest.boot?.grubConfig == "generated")
+
+        let keep = try Scratch()
+        let profile = keep.file("keep.toml")
+        try Data("extends = \"default\"\n[boot]\ngrub_cfg = \"keep\"\n".utf8).write(to: URL(fileURLWithPath: profile))
+        let (kept, _) = try cfg(keep, ["--rootfs", try self.tree(keep, grubCfg: hostCfg), "--profile", profile])
+        #expect(kept == hostCfg)
+        let keptManifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: keep.file("vm.manifest.json"))), path: "m")
+        #expect(keptManifest.boot?.grubConfig == "tree" && keptManifest.boot?.kernelCommandLine == nil)
+    }
+
+    @Test func profileReplacesTheCommandLine() throws {
+        let scratch = try Scratch()
+        let profile = scratch.file("line.toml")
+        try Data("extends = \"default\"\n[boot]\nreplace_kernel_cmdline = true\nkernel_cmdline = \"root=UUID=@ROOT_UUID@ ro rd.luks.uuid=@LUKS_UUID@ console=hvc0\"\n".utf8)
+            .write(to: URL(fileURLWithPath: profile))
+        let (text, _) = try cfg(scratch, ["--rootfs", try tree(scratch, grubCfg: nil), "--profile", profile])
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "m")
+        let line = "root=UUID=\(manifest.partitions[1].innerFilesystemUUID ?? "?") ro rd.luks.uuid=\(manifest.luks.uuid) console=hvc0"
+        #expect(text.contains("linux /boot/vmlinuz-6.1.0 \(line)\n"), "\(text)")
+        #expect(manifest.boot?.kernelCommandLine == line)
+    }
+
+    /// A tree whose `/boot` leads to the host's is read inside the tree, where it leads nowhere.
+    @Test func bootSymlinkOutOfTheTreeIsNotFollowed() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree")
+        try FileManager.default.createDirectory(atPath: tree + "/etc", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: tree + "/boot", withDestinationPath: "/boot")
+        let host = scratch.file("host-boot")
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        try Data("host kernel\n".utf8).write(to: URL(fileURLWithPath: host + "/vmlinuz-9.9"))
+        try FileManager.default.createSymbolicLink(atPath: tree + "/etc/kernels", withDestinationPath: host)
+        let result = try sevimage(["create", "--rootfs", tree, "--output", scratch.file("vm.qcow2"), "--size", "200M"])
+        #expect(result.status == ExitStatus.invalidInput.rawValue && result.stderr.contains("no kernel in"), "\(result)")
+        #expect(TreePath.resolve("boot/vmlinuz", in: tree) == nil, "boot -> /boot is itself inside the tree: a loop")
+        #expect(TreePath.resolve("etc/kernels/vmlinuz-9.9", in: tree) == tree + host + "/vmlinuz-9.9", "an absolute target means the tree's")
+    }
+
+    /// Manifests of sevimage 0.2, which spelled the LUKS UUID in upper case, still verify.
+    @Test func upperCaseUUIDsInAnOlderManifestStillVerify() throws {
+        let scratch = try Scratch()
+        _ = try cfg(scratch, ["--rootfs", try tree(scratch, grubCfg: nil)])
+        let path = scratch.file("vm.manifest.json")
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: path)), path: "m")
+        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: manifest.luks.uuid, with: manifest.luks.uuid.uppercased())
+        #expect(text.contains(manifest.luks.uuid.uppercased()))
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        let verified = try sevimage(["verify", scratch.file("vm.qcow2"), "--passphrase-file", scratch.file("vm.passphrase")])
+        #expect(verified.status == 0, "\(verified)")
+    }
+}

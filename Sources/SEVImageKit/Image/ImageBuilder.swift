@@ -82,8 +82,8 @@ public struct ImageBuilder {
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
         let luksUUID = try ids.guid("luks"), ext4UUID = try ids.guid("ext4"), hashSeed = try ids.guid("ext4-hash-seed")
         let fatID = try ids.uint32("fat")
-        // Lower case everywhere, as libcryptsetup stores it and blkid, udev's /dev/disk/by-uuid and systemd spell
-        // it: they compare UUIDs as exact strings, so an upper-case root=UUID= or crypttab line is never found.
+        // Lower case everywhere, the LUKS header's text included (LUKS2UUIDCase): blkid, udev's /dev/disk/by-uuid and
+        // systemd compare UUIDs as exact strings, so an upper-case root=UUID= or crypttab line is never found.
         let luksUUIDText = luksUUID.description
         let timestamp = request.sourceDateEpoch
 
@@ -140,9 +140,10 @@ public struct ImageBuilder {
             (luks, roles, esp) = try buildOuterParts(layout: layout, ids: (diskGUID, espGUID, rootGUID, fatID), luksUUID: luksUUIDText,
                                                     ext4UUID: ext4UUID, passphrase: passphrase, volumeKey: volumeKey,
                                                     initramfsKey: boot.initramfsKey, scratch: scratch, into: qcow)
-            // debugfs, once mke2fs is done: the generated grub.cfg, a tarball's owners and device nodes.
+            // debugfs, once mke2fs is done: a tarball's owners, device nodes and xattrs, the grub.cfg, the unlock archive.
             try mke2fs!.wait().get()
             prefetch?.finish()
+            defer { unlink(scratch.file(InitramfsKeyfile.localName)) }  // the archive's key, in the clear
             try ext4.edit(path: ext4Path, tree: tree.directory, debugfsCommands: commands)
             archiveBlock = boot.writesArchive ? try ext4.blocks(of: InitramfsKeyfile.archivePath, path: ext4Path).first : nil
         } catch {

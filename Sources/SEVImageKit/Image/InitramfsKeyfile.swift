@@ -21,6 +21,8 @@ import Foundation
 public struct InitramfsKeyfile: Sendable {
     /// Where the unlock archive lives inside the root, and GRUB's name for it.
     public static let archivePath = "/boot/sevimage-unlock.img"
+    /// The archive's name in the work directory, on its way to debugfs.
+    static let localName = "sevimage-unlock.img"
     /// initramfs-tools' name of the opened volume (`/dev/mapper/root`).
     public static let mappingName = "root"
     public static let generatedBytes = 64
@@ -96,7 +98,7 @@ public struct InitramfsKeyfile: Sendable {
     /// tree has; none for the author's own key. The archive goes through a 0600 file in the private work directory.
     public func debugfsCommands(tree: String, scratch: TemporaryDirectory, luksUUID: String, mtime: Int64) throws -> [String] {
         guard installsInRoot else { return [] }
-        let local = scratch.file("sevimage-unlock.img")
+        let local = scratch.file(Self.localName)
         let fd = open(local, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw GeneralError.io("create", path: local, errno: errno) }
         defer { close(fd) }

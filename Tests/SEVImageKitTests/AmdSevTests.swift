@@ -210,24 +210,7 @@ struct AmdSevTests {
         #expect(!first.stderr.contains(try String(contentsOfFile: passphraseFile, encoding: .utf8)))
 
         // 2. A copy whose ESP is zeros: no BOOTX64.EFI, no FAT at all. It boots all the same.
-        let raw = scratch.file("wiped.raw")
-        try runChecked("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", image, raw])
-        let table = try JSONSerialization.jsonObject(with: try runChecked("sfdisk", ["--json", raw]).stdoutData) as? [String: Any]
-        let partitions = try #require((table?["partitiontable"] as? [String: Any])?["partitions"] as? [[String: Any]])
-        let esp = try #require(partitions.first { ($0["type"] as? String)?.uppercased() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" })
-        let start = try #require(esp["start"] as? Int) * 512, size = try #require(esp["size"] as? Int) * 512
-        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: raw))
-        try handle.seek(toOffset: UInt64(start))
-        try handle.write(contentsOf: Data(count: size))
-        try handle.close()
-        let wiped = scratch.file("wiped.qcow2")
-        try runChecked("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, wiped])
-        unlink(raw)
-        // The wipe is real: the copy's ESP reads back as zeros and is no FAT filesystem.
-        let check = try OpenedImage(image: wiped)
-        let espBytes = try Data(contentsOf: URL(fileURLWithPath: check.espPartition))
-        #expect(espBytes.count == size && espBytes.allSatisfy { $0 == 0 })
-        #expect(try runProgram("fsck.vfat", ["-n", check.espPartition]).status != 0)
+        let wiped = try copyWithZeroedESP(image, in: scratch)
         let second = try sevimage(["boot", wiped, "--passphrase-file", passphraseFile, "--bios", path, "--timeout", "600"])
         #expect(second.status == 0, "\(second)")
         #expect(second.stderr.contains("Loading /boot/grub/grub.cfg from (crypto0)."))

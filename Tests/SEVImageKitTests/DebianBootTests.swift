@@ -112,19 +112,7 @@ struct DebianBootTests {
     func initramfsToolsTreeBootsThroughTheFirmwareGrubWithTheESPZeroed() throws {
         let firmware = try amdSevFirmware.get()
         let (scratch, image, passphrase) = try initramfsToolsImage.get()
-        let raw = scratch.file("wiped.raw")
-        try runChecked("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", image, raw])
-        let opened = try OpenedImage(image: image)
-        let esp = try #require(opened.partitions.first)
-        let start = try #require(esp["start"] as? Int) * 512, size = try #require(esp["size"] as? Int) * 512
-        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: raw))
-        try handle.seek(toOffset: UInt64(start))
-        try handle.write(contentsOf: Data(count: size))
-        try handle.close()
-        let wiped = scratch.file("wiped.qcow2")
-        try runChecked("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, wiped])
-        unlink(raw)
-        #expect(try runProgram("fsck.vfat", ["-n", try OpenedImage(image: wiped).espPartition]).status != 0, "the ESP is gone")
+        let wiped = try copyWithZeroedESP(image, in: scratch)
         try Self.boot(wiped, passphrase: passphrase, extra: ["--bios", firmware])
     }
 }

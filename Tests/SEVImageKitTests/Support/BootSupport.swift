@@ -60,3 +60,26 @@ func makeReferenceImage(in scratch: Scratch) throws -> (image: String, passphras
     }
     return (image, passphraseFile)
 }
+
+/// A QCOW2 copy of `image` whose ESP is zeros (no BOOTX64.EFI, no FAT at all), checked to be so: only a GRUB
+/// that does not come from the disk can boot it.
+func copyWithZeroedESP(_ image: String, in scratch: Scratch) throws -> String {
+    let raw = scratch.file("wiped.raw")
+    try runChecked("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", image, raw])
+    let table = try JSONSerialization.jsonObject(with: try runChecked("sfdisk", ["--json", raw]).stdoutData) as? [String: Any]
+    let partitions = try #require((table?["partitiontable"] as? [String: Any])?["partitions"] as? [[String: Any]])
+    let esp = try #require(partitions.first { ($0["type"] as? String)?.uppercased() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" })
+    let start = try #require(esp["start"] as? Int) * 512, size = try #require(esp["size"] as? Int) * 512
+    let handle = try FileHandle(forUpdating: URL(fileURLWithPath: raw))
+    try handle.seek(toOffset: UInt64(start))
+    try handle.write(contentsOf: Data(count: size))
+    try handle.close()
+    let wiped = scratch.file("wiped.qcow2")
+    try runChecked("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, wiped])
+    unlink(raw)
+    let check = try OpenedImage(image: wiped)
+    let espBytes = try Data(contentsOf: URL(fileURLWithPath: check.espPartition))
+    #expect(espBytes.count == size && espBytes.allSatisfy { $0 == 0 })
+    #expect(try runProgram("fsck.vfat", ["-n", check.espPartition]).status != 0, "the ESP is no FAT filesystem")
+    return wiped
+}

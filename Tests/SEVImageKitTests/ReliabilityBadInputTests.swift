@@ -458,6 +458,87 @@ struct ReliabilityBadInputTests {
         try Data(text.utf8).write(to: URL(fileURLWithPath: path))
     }
 
+    // MARK: Issue 16: boot opens no host file but the image
+
+    /// A QCOW2 naming another host file: `boot` must refuse it before QEMU starts, which would read that file
+    /// as the disk (a backing file) or let the guest write into it (an external data file with `--writable`).
+    struct BootRow: CustomTestStringConvertible, Sendable {
+        var name: String
+        /// qemu-img create's options for `image.qcow2`, with HOST for the host file's path.
+        var create: [String]
+        var extra: [String] = []
+        var status: Int32
+        var message: String
+        var testDescription: String { name }
+    }
+
+    static let bootRows: [BootRow] = [
+        BootRow(name: "boot: a backing file (raw host file)", create: ["-b", "HOST", "-F", "raw"],
+                status: 2, message: "it has a backing file"),
+        BootRow(name: "boot --writable: a backing file", create: ["-b", "HOST", "-F", "raw"], extra: ["--writable"],
+                status: 2, message: "it has a backing file"),
+        BootRow(name: "boot --writable: an external data file", create: ["-o", "data_file=HOST,data_file_raw=on"], extra: ["--writable"],
+                status: 2, message: "it has an external data file"),
+        BootRow(name: "boot: an external data file", create: ["-o", "data_file=HOST"],
+                status: 2, message: "it has an external data file"),
+    ]
+
+    /// A fake qemu-system-x86_64 first on PATH records that it was started; it must not be.
+    @Test(.enabled(if: hasTool("qemu-img"), "needs qemu-utils"), arguments: bootRows)
+    func bootRefusesImagesNamingHostFiles(_ row: BootRow) throws {
+        let scratch = try Scratch()
+        let host = scratch.file("host-secret")
+        try Data(repeating: 0x5A, count: 1 << 20).write(to: URL(fileURLWithPath: host))
+        let image = scratch.file("image.qcow2")
+        let create = row.create.map { $0.replacingOccurrences(of: "HOST", with: host) }
+        try runChecked("qemu-img", ["create", "-f", "qcow2"] + create + [image, "1M"])
+        let hostBytes = try Data(contentsOf: URL(fileURLWithPath: host))
+        try writePassphraseFile(scratch.file("p"), "x")
+        Self.file(scratch.file("OVMF.fd"), [0], mode: 0o644)
+        try FileManager.default.createDirectory(atPath: scratch.file("bin"), withIntermediateDirectories: false)
+        Self.file(scratch.file("bin/qemu-system-x86_64"), Array("#!/bin/sh\necho \"$@\" > \(scratch.file("qemu-started"))\nexit 1\n".utf8), mode: 0o755)
+        let before = entries(of: scratch.path)
+        let imageBytes = try Data(contentsOf: URL(fileURLWithPath: image))
+        let path = scratch.file("bin") + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let result = try sevimage(["boot", image, "--passphrase-file", scratch.file("p"), "--bios", scratch.file("OVMF.fd"), "--quiet"] + row.extra,
+                                  environment: ["PATH": path])
+        #expect(result.status == row.status, "\(result)")
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.hasPrefix("sevimage: error: \(image) is not a usable sevimage image: ")
+                && result.stderr.contains(row.message), "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: scratch.file("qemu-started")), "qemu was started")
+        #expect(entries(of: scratch.path) == before, "files were added or removed")
+        #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: host)), hostBytes), "the host file changed")
+        #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: image)), imageBytes), "the image changed")
+    }
+
+    /// What boot gives QEMU pins the format and turns backing files off: real QEMU 7.2 opening a QCOW2 whose
+    /// header names a host file as backing file makes no block node for that file (query-named-block-nodes),
+    /// with snapshot=on and off. A plain `-drive file=…,format=qcow2` does open it (the control).
+    @Test(.enabled(if: hasTool("qemu-img") && hasTool("qemu-system-x86_64"), "needs qemu-utils and qemu-system-x86"))
+    func qemuOpensNoBackingFileThroughBootsDrive() throws {
+        let scratch = try Scratch()
+        let host = scratch.file("host,secret")
+        try Data(repeating: 0x5A, count: 1 << 20).write(to: URL(fileURLWithPath: host))
+        let image = scratch.file("image.qcow2")
+        try runChecked("qemu-img", ["create", "-f", "qcow2", "-b", host, "-F", "raw", image])
+        func nodes(_ drive: String) throws -> String {
+            let qmp = "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-named-block-nodes\"}\n{\"execute\":\"quit\"}\n"
+            let result = try runProgram("qemu-system-x86_64", ["-machine", "none", "-nodefaults", "-display", "none", "-S", "-monitor", "none",
+                                                               "-drive", drive, "-qmp", "stdio"], input: Data(qmp.utf8))
+            #expect(result.stdout.contains("\"drv\": \"qcow2\""), "\(result)")
+            return result.stdout
+        }
+        let escaped = { (text: String) in text.replacingOccurrences(of: ",", with: ",,") }
+        #expect(try nodes("file=\(escaped(image)),format=qcow2,if=none,id=d").contains("host,secret"), "the control opened no backing file")
+        for snapshot in ["on", "off"] {
+            let spec = VirtualMachineBoot.driveSpecification(image, format: .qcow2)
+            let listing = try nodes("file=\(escaped(spec)),if=none,id=d,snapshot=\(snapshot)")
+            let opened = listing.components(separatedBy: "\"filename\": \"").dropFirst().map { $0.prefix { $0 != "\"" } }
+            #expect(!opened.contains { $0.hasSuffix("host,secret") } && opened.contains { $0.hasSuffix("image.qcow2") }, "snapshot=\(snapshot): \(listing)")
+        }
+    }
+
     @Test(arguments: crashRows)
     func noCrashAndNoLostFile(_ row: CrashRow) throws {
         let scratch = try Scratch()

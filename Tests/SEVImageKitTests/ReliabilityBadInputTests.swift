@@ -394,7 +394,58 @@ struct ReliabilityBadInputTests {
                      try runChecked("tar", ["cf", scratch + "/deep.tar", "-C", scratch + "/deep", "."])
                      try FileManager.default.removeItem(atPath: scratch + "/deep")
                  }, status: 2, message: "is more than 256 directories deep"),
+        CrashRow(name: "a .tar.zst declaring a 500 MB member (1 MB of data)", arguments: ["create", "--rootfs", "huge.tar.zst", "--output", "t.qcow2", "--size", "256M"],
+                 setup: { try makeTarball($0 + "/huge.tar.zst", ["big:500000000:1048576"]) },
+                 status: 2, message: "the root tree needs at least 490.3M but the root filesystem holds 174M; give --size larger than 608M"),
+        CrashRow(name: "tarball members that fit alone, not together", arguments: ["create", "--rootfs", "sum.tar.zst", "--output", "t.qcow2", "--size", "256M"],
+                 setup: { try makeTarball($0 + "/sum.tar.zst", ["a:125829120", "b:125829120"]) },
+                 status: 2, message: "the root tree needs about 253.4M but the root filesystem holds 174M; give --size 368M or larger"),
+        CrashRow(name: "20,000 empty files in a directory, 128M", arguments: ["create", "--rootfs", "many", "--output", "t.qcow2", "--size", "128M"],
+                 setup: { try makeManyFiles($0 + "/many", count: 20_000) },
+                 status: 2, message: "files, directories and links but the root filesystem has inodes for 2928 (one per 16 KiB); give --size"),
+        CrashRow(name: "20,000 empty files in a tarball, 128M", arguments: ["create", "--rootfs", "many.tar", "--output", "t.qcow2", "--size", "128M"],
+                 setup: { try makeTarball($0 + "/many.tar", (0..<20_000).map { "f/\($0):0" }) },
+                 status: 2, message: "the root tree has 20002 files, directories and links but the root filesystem has inodes for 2928 (one per 16 KiB); give --size 416M or larger"),
     ] + gptRows + manifestRows
+
+    /// A tarball of `members` ("name:size" or "name:declared size:data bytes", zeros), compressed by its suffix.
+    static func makeTarball(_ path: String, _ members: [String]) throws {
+        try runChecked(python3, ["-c", """
+        import sys, tarfile, subprocess
+        path, members = sys.argv[1], sys.argv[2:]
+        raw = path.removesuffix(".zst")
+        with open(raw, "wb") as f:
+            for member in members:
+                name, size, *data = member.split(":")
+                info = tarfile.TarInfo(name); info.size = int(size); info.mode = 0o644
+                f.write(info.tobuf(format=tarfile.GNU_FORMAT))
+                left = int(data[0]) if data else info.size + (-info.size % 512)
+                while left > 0:
+                    n = min(left, 1 << 20); f.write(bytes(n)); left -= n
+            if not any(len(m.split(":")) == 3 for m in members): f.write(bytes(1024))
+        if path.endswith(".zst"): subprocess.run(["zstd", "-q", "--rm", "-f", raw, "-o", path], check=True)
+        """, path] + members)
+    }
+
+    /// A directory with `count` empty files in `f/` (and no kernel: the count is refused first).
+    static func makeManyFiles(_ path: String, count: Int) throws {
+        try runChecked(python3, ["-c", "import os,sys\nos.makedirs(sys.argv[1] + '/f')\nfor i in range(int(sys.argv[2])): open(sys.argv[1] + f'/f/{i}', 'w').close()",
+                                 path, String(count)])
+    }
+
+    /// The `--size` that an inode refusal names is enough: the same tree builds with it.
+    @Test func suggestedSizeHoldsTheTree() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree")
+        try makeRichTree(at: tree, owners: false)
+        try Self.makeManyFiles(tree + "/many", count: 6_000)
+        let refused = try sevimage(["create", "--rootfs", tree, "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        #expect(refused.status == 2 && refused.stderr.split(separator: "\n").count == 1, "\(refused)")
+        let size = try #require(refused.stderr.components(separatedBy: "give --size ").last?.components(separatedBy: " or larger").first)
+        #expect(size.hasSuffix("M") || size.hasSuffix("G"), "\(refused.stderr)")
+        let built = try sevimage(["create", "--rootfs", tree, "--output", scratch.file("vm.qcow2"), "--size", size, "--quiet"])
+        #expect(built.status == 0, "--size \(size): \(built)")
+    }
 
     static let hugeLBAs: [(UInt64, UInt64)] = [(1 << 63, 1 << 63), (.max, .max), (2048, .max)]
 
@@ -547,7 +598,7 @@ struct ReliabilityBadInputTests {
         try #require(created.status == 0, "\(created)")
         try row.setup(scratch.path)
         var before: [String: Data] = [:]
-        for name in entries(of: scratch.path) where !["tree", "deep"].contains(name) {
+        for name in entries(of: scratch.path) where !["tree", "deep", "many"].contains(name) {
             before[name] = try Data(contentsOf: URL(fileURLWithPath: scratch.file(name)))
         }
         let listing = entries(of: scratch.path)

@@ -406,7 +406,31 @@ struct ReliabilityBadInputTests {
         CrashRow(name: "20,000 empty files in a tarball, 128M", arguments: ["create", "--rootfs", "many.tar", "--output", "t.qcow2", "--size", "128M"],
                  setup: { try makeTarball($0 + "/many.tar", (0..<20_000).map { "f/\($0):0" }) },
                  status: 2, message: "the root tree has 20002 files, directories and links but the root filesystem has inodes for 2928 (one per 16 KiB); give --size 416M or larger"),
-    ] + gptRows + manifestRows
+    ] + gptRows + manifestRows + costlyKeyslotRows
+
+    /// Keyslot 0 (the generated passphrase's) made hostile: libcryptsetup would run for hours on it. It reads
+    /// JSON numbers as 32-bit signed integers, so 2^31 and 2^32−1 reach it (and the message) as 2^31−1.
+    static let costlyKeyslotRows: [CrashRow] = [
+        ("verify", #"{"type":"pbkdf2","hash":"sha256","iterations":2147483648}"#, "PBKDF2 with 2147483647 iterations (sevimage tries at most 100000000)"),
+        ("rotate", #"{"type":"pbkdf2","hash":"sha256","iterations":2147483648}"#, "PBKDF2 with 2147483647 iterations"),
+        ("reencrypt", #"{"type":"pbkdf2","hash":"sha256","iterations":100000001}"#, "PBKDF2 with 100000001 iterations"),
+        ("verify", #"{"type":"argon2id","time":4294967295,"memory":1048576,"cpus":1}"#, "argon2id with time cost 2147483647 over 1048576 KiB"),
+        ("rotate", #"{"type":"argon2i","time":4294967295,"memory":65536,"cpus":1}"#, "argon2i with time cost 2147483647 over 65536 KiB"),
+        ("keys add", #"{"type":"argon2id","time":4,"memory":1048576,"cpus":64}"#, "argon2id with 64 threads"),
+    ].map { (command: String, json: String, cost: String) -> CrashRow in
+        let arguments: [String] = switch command {
+        case "verify": ["verify", "vm.qcow2", "--passphrase-file", "vm.passphrase"]
+        case "keys add": ["keys", "add", "vm.qcow2", "--passphrase-file", "vm.passphrase", "--new-passphrase-file", "vm.passphrase"]
+        default: [command, "vm.qcow2", "--passphrase-file", "vm.passphrase"]
+        }
+        return CrashRow(name: "\(command): keyslot 0 with \(cost)", arguments: arguments,
+                        setup: { scratch in
+                            let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch + "/vm.manifest.json")), path: "manifest")
+                            let root = try #require(manifest.partitions.first { $0.role == "root" })
+                            try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/luks_kdf.py", scratch + "/vm.qcow2", String(root.firstLBA * 512), "0", json])
+                        },
+                        status: 2, message: "the passphrase opens no other keyslot of vm.qcow2, and keyslot 0 was not tried: it asks for \(cost)")
+    }
 
     /// A tarball of `members` ("name:size" or "name:declared size:data bytes", zeros), compressed by its suffix.
     static func makeTarball(_ path: String, _ members: [String]) throws {

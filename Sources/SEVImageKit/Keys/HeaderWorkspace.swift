@@ -32,8 +32,8 @@ final class HeaderWorkspace {
     func unlock(_ passphrase: Passphrase) throws -> (key: SecretBytes, keyslot: Int) {
         do {
             return try device.volumeKey(passphrase: passphrase.secret)
-        } catch LUKSError.wrongPassphrase {
-            throw LUKSError.wrongPassphrase(image)
+        } catch let error as LUKSError {
+            throw error.naming(image)
         }
     }
 
@@ -43,6 +43,8 @@ final class HeaderWorkspace {
             return try device.volumeKey(passphrase: passphrase.secret).keyslot
         } catch LUKSError.wrongPassphrase {
             return nil
+        } catch let error as LUKSError {
+            throw error.naming(image)
         }
     }
 

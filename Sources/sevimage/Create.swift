@@ -63,6 +63,10 @@ struct Create: ParsableCommand {
     @Flag(help: "Print no progress on stderr.")
     var quiet = false
 
+    func validate() throws {
+        try checkOutputFileName(output)
+    }
+
     func run() throws {
         var profile = try Profile.load(nameOrPath: self.profile)
         if let size { profile.diskSize = try parseSize(size) }

@@ -367,6 +367,7 @@ struct ReliabilityBadInputTests {
         var setup: @Sendable (_ scratch: String) throws -> Void = { _ in }
         var status: Int32
         var message: String
+        var environment: [String: String] = [:]
         var testDescription: String { name }
     }
 
@@ -406,7 +407,28 @@ struct ReliabilityBadInputTests {
         CrashRow(name: "20,000 empty files in a tarball, 128M", arguments: ["create", "--rootfs", "many.tar", "--output", "t.qcow2", "--size", "128M"],
                  setup: { try makeTarball($0 + "/many.tar", (0..<20_000).map { "f/\($0):0" }) },
                  status: 2, message: "the root tree has 20002 files, directories and links but the root filesystem has inodes for 2928 (one per 16 KiB); give --size 416M or larger"),
-    ] + gptRows + manifestRows + costlyKeyslotRows
+        CrashRow(name: "create --size 268435457 (not whole MiB)", arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "268435457"],
+                 status: 2, message: "a disk of 268435457 bytes is not a whole number of MiB: give 256M or 257M"),
+        CrashRow(name: "create --output ''", arguments: ["create", "--rootfs", "tree", "--output", "", "--size", "128M"],
+                 status: 2, message: "--output is empty: give the name of the file to write"),
+        CrashRow(name: "create --output vm.qcow2/ (an existing image)", arguments: ["create", "--rootfs", "tree", "--output", "vm.qcow2/", "--size", "128M", "--force"],
+                 status: 2, message: "--output vm.qcow2/ ends with '/': give the name of a file, not a directory"),
+        CrashRow(name: "create --output tree/..", arguments: ["create", "--rootfs", "tree", "--output", "tree/..", "--size", "128M"],
+                 status: 2, message: "--output tree/.. names a directory"),
+        CrashRow(name: "SOURCE_DATE_EPOCH=2^34", arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "128M"],
+                 status: 2, message: "SOURCE_DATE_EPOCH 17179869184 is after 2242-03-16T12:56:31Z: at most 8589934591",
+                 environment: ["SOURCE_DATE_EPOCH": "17179869184"]),
+    ] + gptRows + manifestRows + costlyKeyslotRows + hostFileLimitRows
+
+    /// `--size 64T` where the temporary directory's filesystem ends files before 64 TiB (ext4: 16 TiB), else nothing.
+    static let hostFileLimitRows: [CrashRow] = {
+        let probe = NSTemporaryDirectory() + "/sevimage-size-probe-\(getpid())"
+        let fd = open(probe, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        defer { close(fd); unlink(probe) }
+        guard fd >= 0, ftruncate(fd, off_t(64) << 40) != 0 else { return [] }
+        return [CrashRow(name: "create --size 64T beyond the host's largest file", arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "64T"],
+                         status: 2, message: "a disk of 64T is larger than the largest file the filesystem of . takes; give --size ")]
+    }()
 
     /// Keyslot 0 (the generated passphrase's) made hostile: libcryptsetup would run for hours on it. It reads
     /// JSON numbers as 32-bit signed integers, so 2^31 and 2^32−1 reach it (and the message) as 2^31−1.
@@ -626,7 +648,7 @@ struct ReliabilityBadInputTests {
             before[name] = try Data(contentsOf: URL(fileURLWithPath: scratch.file(name)))
         }
         let listing = entries(of: scratch.path)
-        let result = try runProgram(sevimageBinary, row.arguments, currentDirectory: scratch.path)
+        let result = try runProgram(sevimageBinary, row.arguments, environment: row.environment, currentDirectory: scratch.path)
         #expect(result.status == row.status, "\(result)")
         let lines = result.stderr.split(separator: "\n")
         if row.status == 0 {

@@ -77,6 +77,7 @@ public struct ImageBuilder {
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let ext4Size = layout.rootSize - LUKSLayout.headerSize
         let scratch = try TemporaryDirectory(near: request.output)
+        try HostFileLimit.check(size: layout.diskSize, directory: scratch.path)
         try PublishJournal.begin(in: scratch.path)
         let ids = Identities(seed: request.seed)
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")

@@ -48,6 +48,11 @@ enum Main {
         case let error as ExitCode:
             exit(error.rawValue)
         default:
+            // A Foundation file error: what failed, on which path, exit 1 like every other I/O failure.
+            if let io = GeneralError(foundation: error) {
+                Console.error(io.description)
+                exit(io.exitStatus.rawValue)
+            }
             let code = SEVImageCommand.exitCode(for: error)
             if code == .success { SEVImageCommand.exit(withError: error) }
             let message = SEVImageCommand.message(for: error)

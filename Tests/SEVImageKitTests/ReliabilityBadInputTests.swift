@@ -248,6 +248,54 @@ struct ReliabilityBadInputTests {
         #expect(df.split(separator: "\n").last.flatMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }.map { $0 < 1 << 20 } == true, "\(df)")
     }
 
+    /// reencrypt on a nearly full filesystem (a tmpfs the size of the image plus 0.2 to 40 MB, so that each of its
+    /// writes is the one that fails in some row): one line naming the operation, the path and ENOSPC, exit 1, and the
+    /// image, its manifest and passphrase as they were. A Foundation error (NSCocoaErrorDomain Code=640) used to
+    /// reach the user raw, with "(see --help)" and exit 2.
+    @Test(.enabled(if: getuid() == 0, "mounts a tmpfs"))
+    func reencryptOnANearlyFullFilesystemSaysWhatFailed() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        var info = stat()
+        try #require(stat(scratch.file("vm.qcow2"), &info) == 0)
+        let imageKiB = Int(info.st_blocks) / 2
+        let small = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: false)
+        for extra in [200, 17_000, 30_000, 40_000] {
+            try runChecked("mount", ["-t", "tmpfs", "-o", "size=\(imageKiB + extra)k", "tmpfs", small])
+            defer { _ = try? runProgram("umount", [small]) }
+            var before: [String: Data] = [:]
+            for name in ["vm.qcow2", "vm.manifest.json", "vm.passphrase"] {
+                try runChecked("cp", ["--sparse=always", scratch.file(name), small + "/" + name])
+                before[name] = try Data(contentsOf: URL(fileURLWithPath: small + "/" + name))
+            }
+            let result = try sevimage(["reencrypt", small + "/vm.qcow2", "--passphrase-file", small + "/vm.passphrase", "--quiet"])
+            #expect(result.status == 1, "+\(extra)K: \(result)")
+            #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.hasPrefix("sevimage: error: ")
+                    && result.stderr.contains(small) && result.stderr.contains("no space left on device")
+                    && !result.stderr.contains("NSCocoaErrorDomain") && !result.stderr.contains("--help"), "+\(extra)K: \(result.stderr)")
+            #expect(entries(of: small) == before.keys.sorted(), "+\(extra)K: \(entries(of: small))")
+            for (name, bytes) in before {
+                #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: small + "/" + name)), bytes), "+\(extra)K: \(name) changed")
+            }
+        }
+    }
+
+    /// Foundation's file errors become the one I/O line (what, where, errno) with exit 1.
+    @Test func foundationFileErrorsBecomeOneIOLine() throws {
+        let full = CocoaError(.fileWriteOutOfSpace, userInfo: [NSFilePathErrorKey: "/d/x.luks",
+                                                                 NSUnderlyingErrorKey: NSError(domain: NSPOSIXErrorDomain, code: Int(ENOSPC))])
+        #expect(GeneralError(foundation: full)?.description == "cannot write /d/x.luks: no space left on device")
+        #expect(GeneralError(foundation: full)?.exitStatus == .failure)
+        let missing = CocoaError(.fileReadNoSuchFile, userInfo: [NSFilePathErrorKey: "/d/none"])
+        #expect(GeneralError(foundation: missing)?.description == "cannot read /d/none: no such file or directory")
+        let copy = CocoaError(.fileWriteOutOfSpace, userInfo: [NSFilePathErrorKey: "/a/from", "NSDestinationFilePath": "/b/to"])
+        #expect(GeneralError(foundation: copy)?.description == "cannot write /b/to: no space left on device")
+        #expect(GeneralError(foundation: GeneralError.invalidArgument("x")) == nil)
+    }
+
     // MARK: Images given to verify, rotate, reencrypt and keys
 
     struct ImageCommand: Sendable {

@@ -78,6 +78,8 @@ struct BootCommand: ParsableCommand {
         options.writable = writable
         options.consoleSink = quiet ? nil : .standardError
         let passphrase = try Passphrase.read(from: passphraseFile)
+        // boot types it at GRUB's prompt: one GRUB would mangle could only fail there.
+        try passphrase.checkTypableAtGrub(path: passphraseFile, role: "passphrase")
         let report = try VirtualMachineBoot.run(options, passphrase: passphrase)
         if json {
             let encoder = JSONEncoder()

@@ -78,7 +78,12 @@ struct Create: ParsableCommand {
         request.ovmf = ovmf
         request.seed = seed
         request.passphrase = try passphraseFile.map { try Passphrase.read(from: $0) }
-        request.recoveryPassphrase = try recoveryPassphraseFile.map { try Passphrase.read(from: $0) }
+        request.recoveryPassphrase = try recoveryPassphraseFile.map { path in
+            let recovery = try Passphrase.read(from: path)
+            try recovery.checkTypableAtGrub(path: path, role: "recovery passphrase")
+            return recovery
+        }
+        if let passphraseFile { request.passphrase?.warnIfNotTypableAtGrub(path: passphraseFile) }
         request.sourceDateEpoch = try sourceDateEpoch()
         request.initramfsKeyfile = try initramfsKeyfile.map(InitramfsKeyfile.read(from:))
         let json = self.json || profile.json

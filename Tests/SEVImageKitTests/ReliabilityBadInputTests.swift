@@ -142,6 +142,20 @@ struct ReliabilityBadInputTests {
         #expect(!FileManager.default.fileExists(atPath: scratch.file("vm.passphrase")))
     }
 
+    /// A given passphrase that only the SEV secret path can use (GRUB's prompt takes printable ASCII, at most 254
+    /// characters): one warning line, and the image is made with it.
+    @Test func untypablePassphraseOnlyWarns() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        Self.file(scratch.file("u.pass"), Array("pässwort".utf8), mode: 0o600)
+        let result = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M",
+                                   "--quiet", "--passphrase-file", scratch.file("u.pass")])
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stderr == "sevimage: warning: the passphrase in \(scratch.file("u.pass")) cannot be typed at GRUB's prompt (byte 2 (0xC3) is not ASCII; GRUB's prompt takes only printable ASCII (0x20 to 0x7E)): only the SEV secret path will unlock the image with it, not a standard boot\n", "\(result.stderr)")
+        let opened = try OpenedImage(image: scratch.file("vm.qcow2"))
+        #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", scratch.file("u.pass"), opened.luksPartition]).status == 0)
+    }
+
     /// Legal in a root tree, and carried over as they are: a symlink loop, an absolute symlink that points
     /// outside the tree (a link is not followed at build time: it is copied as a link), a device node and a
     /// FIFO (as root), and a hard link across directories.
@@ -466,6 +480,18 @@ struct ReliabilityBadInputTests {
         CrashRow(name: "SOURCE_DATE_EPOCH=2^34", arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "128M"],
                  status: 2, message: "SOURCE_DATE_EPOCH 17179869184 is after 2242-03-16T12:56:31Z: at most 8589934591",
                  environment: ["SOURCE_DATE_EPOCH": "17179869184"]),
+        CrashRow(name: "create: a non-ASCII recovery passphrase", arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "128M", "--recovery-passphrase-file", "u.pass"],
+                 setup: { file($0 + "/u.pass", Array("pässwort".utf8), mode: 0o600) },
+                 status: 2, message: "the recovery passphrase in u.pass cannot be typed at GRUB's passphrase prompt: byte 2 (0xC3) is not ASCII"),
+        CrashRow(name: "create: a 300-character recovery passphrase", arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "128M", "--recovery-passphrase-file", "long.pass"],
+                 setup: { file($0 + "/long.pass", [UInt8](repeating: 0x61, count: 300), mode: 0o600) },
+                 status: 2, message: "it is 300 characters long; GRUB's prompt keeps at most 254 and drops the rest"),
+        CrashRow(name: "keys add: a recovery passphrase with a tab", arguments: ["keys", "add", "vm.qcow2", "--passphrase-file", "vm.passphrase", "--new-passphrase-file", "tab.pass"],
+                 setup: { file($0 + "/tab.pass", Array("a\tb".utf8), mode: 0o600) },
+                 status: 2, message: "the recovery passphrase in tab.pass cannot be typed at GRUB's passphrase prompt: byte 2 (0x9) is a control character"),
+        CrashRow(name: "boot: a passphrase GRUB's prompt cannot take", arguments: ["boot", "vm.qcow2", "--passphrase-file", "u.pass"],
+                 setup: { file($0 + "/u.pass", Array("pässwort".utf8), mode: 0o600) },
+                 status: 2, message: "the passphrase in u.pass cannot be typed at GRUB's passphrase prompt"),
     ] + gptRows + manifestRows + costlyKeyslotRows + hostFileLimitRows
 
     /// `--size 64T` where the temporary directory's filesystem ends files before 64 TiB (ext4: 16 TiB), else nothing.

@@ -86,7 +86,7 @@ struct BootCommand: ParsableCommand {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             var data = try encoder.encode(report)
             data.append(0x0A)
-            FileHandle.standardOutput.write(data)
+            JSONOutput.write(data)
         } else {
             let prompt = report.passphrasePromptSeconds.map { ", passphrase prompt at \(String(format: "%.1f", $0)) s" } ?? ""
             let outcome = report.expectedTextSeconds.map { "\"\(report.expectedText)\" after \(String(format: "%.1f", $0)) s" }

@@ -629,6 +629,52 @@ struct ReliabilityBadInputTests {
         try Data(text.utf8).write(to: URL(fileURLWithPath: path))
     }
 
+    // MARK: Issue 16: --json on an error
+
+    /// With --json every command's failure puts one error object on stdout (`{"error": {"exitStatus", "message"}}`,
+    /// the message being stderr's one line) and changes nothing; a parse error too.
+    struct JSONRow: CustomTestStringConvertible, Sendable {
+        var arguments: [String]
+        var status: Int32
+        var testDescription: String { arguments.joined(separator: " ") }
+    }
+
+    static let jsonRows: [JSONRow] = [
+        JSONRow(arguments: ["create", "--rootfs", "tree", "--output", "t.qcow2", "--size", "8X", "--json"], status: 2),
+        JSONRow(arguments: ["create", "--rootfs", "none", "--output", "t.qcow2", "--size", "128M", "--json"], status: 2),
+        JSONRow(arguments: ["inspect", "none.qcow2", "--json"], status: 2),
+        JSONRow(arguments: ["verify", "none.qcow2", "--json"], status: 2),
+        JSONRow(arguments: ["keys", "list", "none.qcow2", "--json"], status: 2),
+        JSONRow(arguments: ["keys", "add", "vm.qcow2", "--passphrase-file", "vm.passphrase", "--new-passphrase-file", "none", "--json"], status: 2),
+        JSONRow(arguments: ["rotate", "vm.qcow2", "--passphrase-file", "none", "--json"], status: 2),
+        JSONRow(arguments: ["reencrypt", "none.qcow2", "--passphrase-file", "vm.passphrase", "--json"], status: 2),
+        JSONRow(arguments: ["boot", "none.qcow2", "--passphrase-file", "vm.passphrase", "--json"], status: 2),
+        JSONRow(arguments: ["firmware", "measure", "none.fd", "--mode", "sev", "--json"], status: 1),
+        JSONRow(arguments: ["secret", "package", "--passphrase-file", "vm.passphrase", "--tk-file", "none", "--launch-measure", "AA==", "--json"], status: 2),
+        JSONRow(arguments: ["profiles", "show", "nope", "--json"], status: 2),
+        JSONRow(arguments: ["keys", "list", "--bogus", "--json"], status: 2),
+    ]
+
+    @Test(arguments: jsonRows)
+    func jsonErrorObjectOnFailure(_ row: JSONRow) throws {
+        let arguments = row.arguments, status = row.status
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        let listing = entries(of: scratch.path)
+        let image = try Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.qcow2")))
+        let result = try runProgram(sevimageBinary, arguments, currentDirectory: scratch.path)
+        #expect(result.status == status, "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.hasPrefix("sevimage: error: "), "\(result.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "\(result.stdout)")
+        let error = try #require(object["error"] as? [String: Any], "\(result.stdout)")
+        #expect(object.count == 1 && error["exitStatus"] as? Int == Int(status), "\(result.stdout)")
+        #expect(error["message"] as? String == String(result.stderr.dropFirst("sevimage: error: ".count).dropLast()), "\(result)")
+        #expect(entries(of: scratch.path) == listing, "files were added or removed")
+        #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.qcow2"))), image), "the image changed")
+    }
+
     // MARK: Issue 16: boot opens no host file but the image
 
     /// A QCOW2 naming another host file: `boot` must refuse it before QEMU starts, which would read that file

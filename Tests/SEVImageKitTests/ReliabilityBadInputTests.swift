@@ -629,6 +629,31 @@ struct ReliabilityBadInputTests {
         try Data(text.utf8).write(to: URL(fileURLWithPath: path))
     }
 
+    /// Commands that only read an image need no writable place: on a read-only mount `keys list` (whose header
+    /// copy used to go beside the image) works, like `inspect` and `verify`, and nothing there changes.
+    @Test(.enabled(if: getuid() == 0, "bind-mounts a directory read-only"))
+    func readOnlyCommandsWorkOnAReadOnlyMount() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let directory = scratch.file("ro")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", directory + "/vm.qcow2", "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        try runChecked("mount", ["--bind", directory, directory])
+        defer { _ = try? runProgram("umount", [directory]) }
+        try runChecked("mount", ["-o", "remount,bind,ro", directory])
+        let listing = entries(of: directory)
+        let image = directory + "/vm.qcow2"
+        for arguments in [["keys", "list", image], ["keys", "list", image, "--json"], ["inspect", image],
+                          ["verify", image, "--passphrase-file", directory + "/vm.passphrase"]] {
+            let result = try sevimage(arguments)
+            #expect(result.status == 0, "\(arguments): \(result)")
+        }
+        let list = try sevimage(["keys", "list", image])
+        #expect(list.stdout.contains("generated") || list.stderr.contains("generated"), "\(list)")
+        #expect(entries(of: directory) == listing)
+    }
+
     // MARK: Issue 16: --json on an error
 
     /// With --json every command's failure puts one error object on stdout (`{"error": {"exitStatus", "message"}}`,

@@ -297,6 +297,42 @@ struct ReliabilityBadInputTests {
         }
     }
 
+    /// rotate and keys add on a filesystem without room for their two header copies: refused before anything is
+    /// written, with what they need (rotate used to stop halfway and leave a pending rotation behind).
+    @Test(.enabled(if: getuid() == 0, "mounts a tmpfs"), arguments: [
+        ["rotate", "IMAGE", "--passphrase-file", "DIR/vm.passphrase"],
+        ["keys", "add", "IMAGE", "--passphrase-file", "DIR/vm.passphrase", "--new-passphrase-file", "DIR/vm.passphrase"],
+    ])
+    func headerUpdatesCheckFreeSpaceFirst(_ command: [String]) throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", scratch.file("vm.qcow2"), "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        var info = stat()
+        try #require(stat(scratch.file("vm.qcow2"), &info) == 0)
+        let small = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: false)
+        for extra in [2_000, 20_000, 32_000] {
+            try runChecked("mount", ["-t", "tmpfs", "-o", "size=\(Int(info.st_blocks) / 2 + extra)k", "tmpfs", small])
+            defer { _ = try? runProgram("umount", [small]) }
+            var before: [String: Data] = [:]
+            for name in ["vm.qcow2", "vm.manifest.json", "vm.passphrase"] {
+                try runChecked("cp", ["--sparse=always", scratch.file(name), small + "/" + name])
+                before[name] = try Data(contentsOf: URL(fileURLWithPath: small + "/" + name))
+            }
+            let arguments = command.map { $0.replacingOccurrences(of: "IMAGE", with: small + "/vm.qcow2").replacingOccurrences(of: "DIR", with: small) }
+            let result = try sevimage(arguments + ["--quiet"])
+            #expect(result.status == 1, "+\(extra)K: \(result)")
+            #expect(result.stderr.split(separator: "\n").count == 1
+                    && result.stderr.hasPrefix("sevimage: error: \(command[0]) needs 34M free in \(small) (two copies of the 16 MiB LUKS header area while it works) but it has ")
+                    && result.stderr.hasSuffix("; nothing was changed\n"), "+\(extra)K: \(result.stderr)")
+            #expect(entries(of: small) == before.keys.sorted(), "+\(extra)K: \(entries(of: small))")
+            for (name, bytes) in before {
+                #expect(sameBytes(try Data(contentsOf: URL(fileURLWithPath: small + "/" + name)), bytes), "+\(extra)K: \(name) changed")
+            }
+        }
+    }
+
     /// Foundation's file errors become the one I/O line (what, where, errno) with exit 1.
     @Test func foundationFileErrorsBecomeOneIOLine() throws {
         let full = CocoaError(.fileWriteOutOfSpace, userInfo: [NSFilePathErrorKey: "/d/x.luks",

@@ -33,11 +33,13 @@ public enum GeneralError: SEVImageError {
     case outputExists(String)
     case locked(String)
     case interrupted
+    /// `command` needs `needed` bytes free in a directory that has `available`; `why` says for what.
+    case notEnoughSpace(String, command: String, needed: UInt64, available: UInt64, why: String)
 
     public var exitStatus: ExitStatus {
         switch self {
         case .invalidArgument: .invalidInput
-        case .missingTool, .toolFailed, .io: .failure
+        case .missingTool, .toolFailed, .io, .notEnoughSpace: .failure
         case .outputExists, .locked: .conflict
         case .interrupted: .interrupted
         }
@@ -60,6 +62,8 @@ public enum GeneralError: SEVImageError {
             return "\(path) is in use by another sevimage process"
         case .interrupted:
             return "interrupted; partial outputs were removed"
+        case .notEnoughSpace(let directory, let command, let needed, let available, let why):
+            return "\(command) needs \(readableSize(needed)) free in \(directory) (\(why)) but it has \(readableSize(available)); nothing was changed"
         }
     }
 }

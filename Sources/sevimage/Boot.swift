@@ -78,13 +78,15 @@ struct BootCommand: ParsableCommand {
         options.writable = writable
         options.consoleSink = quiet ? nil : .standardError
         let passphrase = try Passphrase.read(from: passphraseFile)
+        // boot types it at GRUB's prompt: one GRUB would mangle could only fail there.
+        try passphrase.checkTypableAtGrub(path: passphraseFile, role: "passphrase")
         let report = try VirtualMachineBoot.run(options, passphrase: passphrase)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             var data = try encoder.encode(report)
             data.append(0x0A)
-            FileHandle.standardOutput.write(data)
+            JSONOutput.write(data)
         } else {
             let prompt = report.passphrasePromptSeconds.map { ", passphrase prompt at \(String(format: "%.1f", $0)) s" } ?? ""
             let outcome = report.expectedTextSeconds.map { "\"\(report.expectedText)\" after \(String(format: "%.1f", $0)) s" }

@@ -63,6 +63,10 @@ struct Create: ParsableCommand {
     @Flag(help: "Print no progress on stderr.")
     var quiet = false
 
+    func validate() throws {
+        try checkOutputFileName(output)
+    }
+
     func run() throws {
         var profile = try Profile.load(nameOrPath: self.profile)
         if let size { profile.diskSize = try parseSize(size) }
@@ -74,7 +78,12 @@ struct Create: ParsableCommand {
         request.ovmf = ovmf
         request.seed = seed
         request.passphrase = try passphraseFile.map { try Passphrase.read(from: $0) }
-        request.recoveryPassphrase = try recoveryPassphraseFile.map { try Passphrase.read(from: $0) }
+        request.recoveryPassphrase = try recoveryPassphraseFile.map { path in
+            let recovery = try Passphrase.read(from: path)
+            try recovery.checkTypableAtGrub(path: path, role: "recovery passphrase")
+            return recovery
+        }
+        if let passphraseFile { request.passphrase?.warnIfNotTypableAtGrub(path: passphraseFile) }
         request.sourceDateEpoch = try sourceDateEpoch()
         request.initramfsKeyfile = try initramfsKeyfile.map(InitramfsKeyfile.read(from:))
         let json = self.json || profile.json

@@ -33,6 +33,10 @@ struct FirmwareGrubCommand: ParsableCommand {
     @Flag(help: "Print one JSON object on stdout.")
     var json = false
 
+    func validate() throws {
+        try checkOutputFileName(output)
+    }
+
     func run() throws {
         let extra = modules.flatMap { $0.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init) }
         let report = try FirmwareGrub.build(output: output, extraModules: extra, moduleDirectory: directory, force: force)

@@ -32,7 +32,7 @@ extension Firmware {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         var data = try encoder.encode(value)
         data.append(0x0A)
-        FileHandle.standardOutput.write(data)
+        JSONOutput.write(data)
     }
 
     /// An integer option in decimal or with a 0x prefix.

@@ -81,8 +81,15 @@ struct KeysAdd: ParsableCommand {
 
     func run() throws {
         let count = try iterations ?? Profile.load(nameOrPath: profile).recoveryPbkdf2Iterations
+        let newPassphrase = try Passphrase.read(from: newPassphraseFile)
+        // A recovery passphrase is typed at GRUB's prompt; a key file never is.
+        switch role {
+        case "recovery": try newPassphrase.checkTypableAtGrub(path: newPassphraseFile, role: "recovery passphrase")
+        case "keyfile": break
+        default: newPassphrase.warnIfNotTypableAtGrub(path: newPassphraseFile)
+        }
         let change = try Keyslots.add(image: image, passphrase: try Passphrase.read(from: passphraseFile),
-                                      newPassphrase: try Passphrase.read(from: newPassphraseFile), iterations: count,
+                                      newPassphrase: newPassphrase, iterations: count,
                                       role: role, progress: Progress(quiet: quiet || json))
         if json { try printJSON(change) }
     }

@@ -23,7 +23,7 @@ struct ProfilesList: ParsableCommand {
         if json {
             let objects = sources.map { ["name": $0.name, "location": $0.location, "summary": $0.summary] }
             let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
-            FileHandle.standardOutput.write(data + Data("\n".utf8))
+            JSONOutput.write(data + Data("\n".utf8))
             return
         }
         let width = sources.map(\.name.count).max() ?? 0
@@ -48,7 +48,7 @@ struct ProfilesShow: ParsableCommand {
     func run() throws {
         let resolved = try Profile.resolve(nameOrPath: profile)
         if json {
-            FileHandle.standardOutput.write(try resolved.profile.jsonData(chain: resolved.chain) + Data("\n".utf8))
+            JSONOutput.write(try resolved.profile.jsonData(chain: resolved.chain) + Data("\n".utf8))
         } else {
             let header = ["profile \(resolved.profile.name), resolved from \(resolved.chain.joined(separator: " -> ")) and the defaults"]
             print(resolved.profile.tomlText(header: header), terminator: "")

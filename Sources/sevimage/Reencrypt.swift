@@ -41,6 +41,7 @@ struct Reencrypt: ParsableCommand {
     func run() throws {
         var request = ReencryptRequest(image: image, passphrase: try Passphrase.read(from: passphraseFile))
         request.newPassphrase = try newPassphraseFile.map { try Passphrase.read(from: $0) }
+        if let newPassphraseFile { request.newPassphrase?.warnIfNotTypableAtGrub(path: newPassphraseFile) }
         request.keepOldPassphrase = keepOldPassphrase
         let result = try Reencryption(request: request, progress: Progress(quiet: quiet || json)).run()
         if !result.droppedKeyslots.isEmpty {

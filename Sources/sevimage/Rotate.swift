@@ -42,6 +42,7 @@ struct Rotate: ParsableCommand {
     func run() throws {
         var request = RotateRequest(image: image, passphrase: try Passphrase.read(from: passphraseFile))
         request.newPassphrase = try newPassphraseFile.map { try Passphrase.read(from: $0) }
+        if let newPassphraseFile { request.newPassphrase?.warnIfNotTypableAtGrub(path: newPassphraseFile) }
         request.keepOldPassphrase = keepOldPassphrase
         request.rehash = !noRehash
         let result = try KeyRotation(request: request, progress: Progress(quiet: quiet || json)).run()

@@ -38,23 +38,32 @@ enum Main {
         }
     }
 
-    /// One line on stderr and the contract's exit status; help and version go through unchanged.
+    /// One line on stderr and the contract's exit status (with `--json`, also the error object on stdout);
+    /// help and version go through unchanged.
     static func exitAfter(_ error: Error) -> Never {
         Interruption.waitIfInterrupted()
         switch error {
         case let error as SEVImageError:
-            Console.error(error.description)
-            exit(error.exitStatus.rawValue)
+            fail(error.description, status: error.exitStatus.rawValue)
         case let error as ExitCode:
             exit(error.rawValue)
         default:
+            // A Foundation file error: what failed, on which path, exit 1 like every other I/O failure.
+            if let io = GeneralError(foundation: error) {
+                fail(io.description, status: io.exitStatus.rawValue)
+            }
             let code = SEVImageCommand.exitCode(for: error)
             if code == .success { SEVImageCommand.exit(withError: error) }
             let message = SEVImageCommand.message(for: error)
                 .split(separator: "\n").first.map(String.init) ?? "invalid arguments"
-            Console.error("\(message.replacingOccurrences(of: "Error: ", with: "").lowercasedFirst) (see --help)")
-            exit(ExitStatus.invalidInput.rawValue)
+            fail("\(message.replacingOccurrences(of: "Error: ", with: "").lowercasedFirst) (see --help)", status: ExitStatus.invalidInput.rawValue)
         }
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        Console.error(message)
+        JSONOutput.writeError(message, status: status)
+        exit(status)
     }
 }
 

@@ -108,7 +108,7 @@ func printSecretJSON<T: Encodable>(_ value: T) throws {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     var data = try encoder.encode(value)
     data.append(0x0A)
-    FileHandle.standardOutput.write(data)
+    JSONOutput.write(data)
 }
 
 /// A GPA given as decimal or 0x-prefixed hex.

@@ -35,6 +35,10 @@ struct SecretTableCommand: ParsableCommand {
         var entries: [SecretInspectCommand.EntryInfo]
     }
 
+    func validate() throws {
+        try checkOutputFileName(output)
+    }
+
     func run() throws {
         let (areaSize, _) = try area.area()
         let bytes = try SecretTable.build(passphrase: try table.passphrase(), extra: try table.extraEntries(), areaSize: areaSize)

@@ -240,11 +240,11 @@ struct AmdSevTests {
     @Test func qemuGetsOneBiosFileAndNoPflash() {
         var options = BootOptions(image: "/images/a.qcow2")
         options.firmwareImage = "/fw/OVMF.fd"
-        let arguments = VirtualMachineBoot.arguments(options, accelerator: .tcg, variables: "/tmp/vars.fd", imageFormat: "qcow2")
+        let arguments = VirtualMachineBoot.arguments(options, accelerator: .tcg, variables: "/tmp/vars.fd", imageFormat: .qcow2)
         let bios = arguments.firstIndex(of: "-bios")
         #expect(bios.map { arguments[$0 + 1] } == "/fw/OVMF.fd")
         #expect(!arguments.contains { $0.contains("pflash") })
-        #expect(arguments.last == "file=/images/a.qcow2,format=qcow2,if=virtio,snapshot=on")
+        #expect(arguments.last == #"file=json:{"backing":null,,"driver":"qcow2",,"file":{"driver":"file",,"filename":"/images/a.qcow2"}},if=virtio,snapshot=on"#)
     }
 
     @Test func biosAndPflashOptionsExcludeEachOther() throws {

@@ -115,7 +115,10 @@ struct LaunchTests {
         #expect(outcome.run.status == ExitStatus.verificationFailed.rawValue, "\(outcome.run)")
         #expect(outcome.run.stderr.contains("launch measurement mismatch") && outcome.run.stderr.contains("nothing was injected"))
         #expect(outcome.injections.isEmpty && !outcome.names.contains("cont"))
-        #expect(outcome.run.stdout.isEmpty)
+        // --json: the error object, with the line stderr got (README, "Exit codes").
+        let object = try #require(try JSONSerialization.jsonObject(with: outcome.run.stdoutData) as? [String: Any])
+        let error = try #require(object["error"] as? [String: Any], "\(outcome.run.stdout)")
+        #expect(error["exitStatus"] as? Int == 4 && (error["message"] as? String).map { outcome.run.stderr.contains($0) } == true)
     }
 
     @Test func wrongNonceInjectsNothing() throws {

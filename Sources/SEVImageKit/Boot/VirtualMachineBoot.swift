@@ -21,7 +21,7 @@ public enum VirtualMachineBoot {
     static let grace: Duration = .seconds(3)
 
     public static func run(_ options: BootOptions, passphrase: Passphrase) throws -> BootReport {
-        try check(options)
+        let format = try check(options)
         let qemu = try ExternalTool.qemuSystem.resolve()
         let started = ContinuousClock.now
         let deadline = started + options.timeout
@@ -39,7 +39,7 @@ public enum VirtualMachineBoot {
             }
         }
         for accelerator in plan {
-            let outcome = try attempt(options, accelerator: accelerator, qemu: qemu, passphrase: passphrase,
+            let outcome = try attempt(options, accelerator: accelerator, qemu: qemu, passphrase: passphrase, format: format,
                                       deadline: deadline, timeoutSeconds: Int(options.timeout.components.seconds))
             switch outcome {
             case .booted(var report):
@@ -56,19 +56,24 @@ public enum VirtualMachineBoot {
         throw BootError.kvmUnusable(fallbackReason ?? "no accelerator left to try")
     }
 
-    /// Refuses missing inputs before QEMU starts, with messages that name the file.
-    static func check(_ options: BootOptions) throws {
+    /// Refuses missing inputs before QEMU starts, with messages that name the file; then reads the image the
+    /// way `inspect` does and returns its format. A QCOW2 with a backing file or an external data file is
+    /// refused here: QEMU would open that host file (`/etc/shadow`, say) as the guest's disk, and with
+    /// `--writable` let the guest write into it.
+    @discardableResult
+    static func check(_ options: BootOptions) throws -> DiskImageReader.Format {
         guard isRegularFile(options.image) else { throw BootError.imageMissing(options.image) }
         if let firmwareImage = options.firmwareImage {
             guard isRegularFile(firmwareImage) else { throw BootError.firmwareMissing(firmwareImage, role: "firmware") }
-            return
+        } else {
+            guard isRegularFile(options.firmwareCode) else {
+                throw BootError.firmwareMissing(options.firmwareCode, role: "firmware code")
+            }
+            guard isRegularFile(options.firmwareVariables) else {
+                throw BootError.firmwareMissing(options.firmwareVariables, role: "variables template")
+            }
         }
-        guard isRegularFile(options.firmwareCode) else {
-            throw BootError.firmwareMissing(options.firmwareCode, role: "firmware code")
-        }
-        guard isRegularFile(options.firmwareVariables) else {
-            throw BootError.firmwareMissing(options.firmwareVariables, role: "variables template")
-        }
+        return try DiskImageReader(path: options.image).format
     }
 
     private static func isRegularFile(_ path: String) -> Bool {
@@ -88,7 +93,8 @@ public enum VirtualMachineBoot {
     }
 
     /// QEMU's command line. Paths are escaped for `-drive` (a comma is doubled).
-    static func arguments(_ options: BootOptions, accelerator: Accelerator, variables: String, imageFormat: String) -> [String] {
+    static func arguments(_ options: BootOptions, accelerator: Accelerator, variables: String,
+                          imageFormat: DiskImageReader.Format) -> [String] {
         func escaped(_ path: String) -> String { path.replacingOccurrences(of: ",", with: ",,") }
         var arguments = ["-machine", "q35,accel=\(accelerator == .kvm ? "kvm" : "tcg")"]
         if accelerator == .kvm { arguments += ["-cpu", "host"] }
@@ -111,16 +117,20 @@ public enum VirtualMachineBoot {
                 "-drive", "if=pflash,format=raw,file=\(escaped(variables))",
             ]
         }
-        arguments += ["-drive", "file=\(escaped(options.image)),format=\(imageFormat),if=virtio,snapshot=\(options.writable ? "off" : "on")"]
+        arguments += ["-drive", "file=\(escaped(driveSpecification(options.image, format: imageFormat))),if=virtio,snapshot=\(options.writable ? "off" : "on")"]
         return arguments
     }
 
-    /// `qcow2` when the file starts with QCOW's magic, `raw` otherwise.
-    static func imageFormat(_ path: String) -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return "raw" }
-        defer { try? handle.close() }
-        let magic = (try? handle.read(upToCount: 4)) ?? Data()
-        return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
+    /// The image's block node as QEMU's `json:` pseudo-filename: the format driver named (QEMU probes
+    /// nothing), the protocol a plain `file`, and for QCOW2 `"backing": null`, so that QEMU 7.2 opens no
+    /// backing file whatever the header names (checked with `query-named-block-nodes`: no node for it).
+    /// `-drive` keeps `snapshot=on`, which `-blockdev` lacks. External data files have no such switch in
+    /// QEMU (it opens the header's one whatever the options); `check` refuses those images.
+    static func driveSpecification(_ path: String, format: DiskImageReader.Format) -> String {
+        var node: [String: Any] = ["driver": format.rawValue, "file": ["driver": "file", "filename": path]]
+        if format == .qcow2 { node["backing"] = NSNull() }
+        let data = (try? JSONSerialization.data(withJSONObject: node, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return "json:" + String(decoding: data, as: UTF8.self)
     }
 
     enum Outcome {
@@ -130,7 +140,7 @@ public enum VirtualMachineBoot {
 
     /// One QEMU run under one accelerator.
     static func attempt(_ options: BootOptions, accelerator: Accelerator, qemu: String, passphrase: Passphrase,
-                        deadline: ContinuousClock.Instant, timeoutSeconds: Int) throws -> Outcome {
+                        format: DiskImageReader.Format, deadline: ContinuousClock.Instant, timeoutSeconds: Int) throws -> Outcome {
         // A private copy of the variables: OVMF writes boot entries into it.
         let temporary = try TemporaryDirectory(near: NSTemporaryDirectory() + "/sevimage-boot", purpose: "sevimage-boot")
         let variables = temporary.file("OVMF_VARS.fd")
@@ -143,7 +153,7 @@ public enum VirtualMachineBoot {
             }
         }
         let vm = try QEMUProcess(executable: qemu, arguments: arguments(
-            options, accelerator: accelerator, variables: variables, imageFormat: imageFormat(options.image)))
+            options, accelerator: accelerator, variables: variables, imageFormat: format))
         defer { vm.stop() }
         var run = ConsoleRun(options: options, accelerator: accelerator)
 

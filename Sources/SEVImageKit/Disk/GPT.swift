@@ -35,6 +35,10 @@ public struct DiskLayout: Sendable, Equatable {
         guard usable >= needed else {
             throw GeneralError.invalidArgument("a disk of \(formatSize(diskSize)) is too small: the ESP (\(formatSize(espSize))), the LUKS header and a root filesystem need at least \(formatSize(needed))")
         }
+        guard diskSize % align == 0 else {
+            let below = diskSize / align * align
+            throw GeneralError.invalidArgument("a disk of \(diskSize) bytes is not a whole number of MiB: give \(formatSize(below)) or \(formatSize(below + align))")
+        }
         self.diskSize = usable
         espOffset = align
         self.espSize = espSize

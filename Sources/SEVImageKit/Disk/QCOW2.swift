@@ -38,12 +38,17 @@ public final class QCOW2Image {
         guard header[0..<4] == [0x51, 0x46, 0x49, 0xFB] else { throw DiskError.notAnImage(path, "not a QCOW2 file (no QFI magic)") }
         let version = header.be32(at: 4)
         guard version == 2 || version == 3 else { throw DiskError.notAnImage(path, "QCOW2 version \(version) is not supported") }
-        guard header.be64(at: 8) == 0 else { throw DiskError.notAnImage(path, "it has a backing file") }
+        guard header.be64(at: 8) == 0 else {
+            throw DiskError.notAnImage(path, "it has a backing file (QEMU would read another host file as part of the disk)")
+        }
         guard header.be32(at: 32) == 0 else { throw DiskError.notAnImage(path, "it uses QCOW2's own encryption") }
         if version == 3 {
             let incompatible = header.be64(at: 72)
             if incompatible & 1 != 0 { throw DiskError.notAnImage(path, "it is marked dirty; run qemu-img check -r all first") }
             if incompatible & 2 != 0 { throw DiskError.notAnImage(path, "QEMU marked it corrupt") }
+            if incompatible & 4 != 0 {
+                throw DiskError.notAnImage(path, "it has an external data file (QEMU would use another host file as the disk's data)")
+            }
             if incompatible & ~UInt64(1 | 2) != 0 {
                 throw DiskError.notAnImage(path, "it uses QCOW2 features this reader does not know (0x\(String(incompatible, radix: 16)))")
             }

@@ -129,3 +129,26 @@ extension Array where Element == Range<UInt64> {
         }
     }
 }
+
+/// The largest file a directory's filesystem takes, found by sizing a sparse probe file (no data is written):
+/// `create` builds the disk and the root filesystem as sparse files of nearly `--size` bytes beside the output,
+/// so a `--size` beyond it (64T on ext4, whose files end at 16 TiB − 4 KiB) is refused before any work.
+public enum HostFileLimit {
+    /// Refuses `size` when a file of that many bytes cannot exist in `directory`, naming the largest `--size` that can.
+    public static func check(size: UInt64, directory: String) throws {
+        let probe = directory + "/size-probe"
+        let fd = open(probe, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw GeneralError.io("create", path: probe, errno: errno) }
+        defer { close(fd); unlink(probe) }
+        func fits(_ bytes: UInt64) -> Bool { bytes <= UInt64(Int64.max) && ftruncate(fd, off_t(bytes)) == 0 }
+        guard !fits(size) else { return }
+        guard errno == EFBIG || errno == EINVAL else { throw GeneralError.io("size", path: probe, errno: errno) }
+        // The largest whole MiB that fits, by bisection (a few dozen ftruncate calls).
+        var low: UInt64 = 0, high = size >> 20
+        while low + 1 < high {
+            let middle = low + (high - low) / 2
+            if fits(middle << 20) { low = middle } else { high = middle }
+        }
+        throw GeneralError.invalidArgument("a disk of \(formatSize(size)) is larger than the largest file the filesystem of \(PathName.directory(of: directory)) takes; give --size \(formatSize(low << 20)) or less there (ext4 files end at 16 TiB), or write the image to a filesystem such as XFS")
+    }
+}

@@ -53,7 +53,8 @@ public struct Ext4Builder: Sendable {
         ]
         do {
             try ExternalTool.mke2fs.run(arguments, environment: environment)
-        } catch GeneralError.toolFailed(_, _, let stderr) where stderr.contains("Could not allocate block") || stderr.contains("No space left") {
+        } catch GeneralError.toolFailed(_, _, let stderr) where stderr.contains("Could not allocate block")
+                    || stderr.contains("Could not allocate inode") || stderr.contains("No space left") {
             throw ImageBuildError.treeTooLarge(partition: size)
         }
     }

@@ -63,11 +63,21 @@ final class TarExtractor {
     private var currentXattrs: [(name: String, value: [UInt8])] = []
     private var xattrFiles = 0
     private var newestTime: Int64 = 0
+    /// What the root filesystem holds, checked at each entry's header; nil: no limit.
+    let room: RootFilesystemRoom?
+    /// Data blocks of the files extracted so far (a replaced file's given back).
+    private var extractedBlocks: UInt64 = 0
+    /// Once an entry did not fit: the blocks and inodes counted so far, where the counting started, and whether
+    /// it went to the end of the archive (at most `countingLimit` more bytes are read).
+    private var overflow: (blocks: UInt64, inodes: Int, offset: UInt64, complete: Bool)?
+    private var countedNames = Set<[UInt8]>()
+    static let countingLimit: UInt64 = 4 << 30
 
-    init(archive: String, format: ArchiveFormat, scratch: String) {
+    init(archive: String, format: ArchiveFormat, scratch: String, room: RootFilesystemRoom? = nil) {
         self.archive = archive
         self.format = format
         self.root = scratch + "/rootfs"
+        self.room = room
     }
 
     func bad(_ reason: String) -> RootTreeError { .badArchive(archive, reason: reason) }
@@ -101,12 +111,24 @@ final class TarExtractor {
                 }
                 try decompressor.finish(archive: archive)
             }
+            try throwOverflow()
             try finishOnDisk()
             return try prepared()
         } catch {
             removeTree()
+            // A damaged or cut-off archive after an entry that did not fit: the room is the first problem.
+            if overflow != nil, !(error is ImageBuildError) {
+                overflow?.complete = false
+                try throwOverflow()
+            }
             throw error
         }
+    }
+
+    /// The room refusal for what was counted, if an entry did not fit.
+    private func throwOverflow() throws {
+        guard let counted = overflow, let room else { return }
+        try room.check(blockBytes: counted.blocks, inodes: counted.inodes, complete: counted.complete)
     }
 
     private func newInode() -> Int {
@@ -188,10 +210,41 @@ final class TarExtractor {
             longName = nil
             longLink = nil
 
-            let consumed = try handle(entry, stream: stream)
-            try skip(stream, entry.size - consumed, entry: entry)
+            if overflow != nil {
+                count(entry)
+                try skip(stream, entry.size, entry: entry)
+            } else {
+                var consumed: UInt64 = 0
+                do {
+                    consumed = try handle(entry, stream: stream)
+                } catch is ImageBuildError {
+                    // The tree does not fit: write nothing more, but read the rest of the headers (skipping the
+                    // data) so that the message says what the whole tree needs.
+                    overflow = (extractedBlocks, nextInode, stream.offset, true)
+                }
+                try skip(stream, entry.size - consumed, entry: entry)
+            }
             try skip(stream, (512 - entry.size % 512) % 512, entry: entry)
+            if let counted = overflow, stream.offset - counted.offset > Self.countingLimit {
+                overflow?.complete = false
+                try throwOverflow()
+            }
         }
+    }
+
+    /// Adds an entry to `overflow` without extracting it (names given twice are counted once).
+    private func count(_ entry: TarHeader) {
+        guard var counted = overflow, countedNames.insert(entry.name).inserted else { return }
+        switch entry.type {
+        case UInt8(ascii: "1"), UInt8(ascii: "V"): return
+        case UInt8(ascii: "0"), 0, UInt8(ascii: "7"):
+            if entry.name.last != 0x2f { counted.blocks = counted.blocks.checkedAdding(RootFilesystemRoom.blocks(entry.size)) ?? .max }
+        case UInt8(ascii: "2") where entry.linkName.count >= RootTree.inlineSymlinkLimit:
+            counted.blocks = counted.blocks.checkedAdding(RootFilesystemRoom.blocks(UInt64(entry.linkName.count))) ?? .max
+        default: break
+        }
+        counted.inodes += 1
+        overflow = counted
     }
 
     /// The data of a pax header or GNU long name, with its padding.
@@ -260,6 +313,13 @@ final class TarExtractor {
         try clear(path, shown: shown)
         var made = node
         made.inode = newInode()
+        // Known from the header alone: refuse before the data is written (the running sum included).
+        switch kind {
+        case .file: extractedBlocks = extractedBlocks.checkedAdding(RootFilesystemRoom.blocks(entry.size)) ?? .max
+        case .symlink(let length) where length >= RootTree.inlineSymlinkLimit: extractedBlocks += RootFilesystemRoom.blocks(UInt64(length))
+        default: break
+        }
+        try room?.check(blockBytes: extractedBlocks, inodes: nextInode)
         let full = fullPath(path)
         var consumed: UInt64 = 0
         switch kind {
@@ -361,6 +421,9 @@ final class TarExtractor {
         if !existing.kind.isSpecial, unlink(fullPath(path)) != 0 {
             throw RootTreeError.extraction(fullPath(path), operation: "replace", errno: errno)
         }
+        if existing.kind == .file, !nodes.contains(where: { $0.key != path && $0.value.inode == existing.inode }) {
+            extractedBlocks -= min(extractedBlocks, RootFilesystemRoom.blocks(existing.size))
+        }
         nodes[path] = nil
     }
 
@@ -411,15 +474,19 @@ final class TarExtractor {
     private func prepared() throws -> PreparedRootTree {
         var commands: [String] = []
         var done = Set<Int>()
-        var dataBytes: UInt64 = 0
+        var dataBytes: UInt64 = 0, blockBytes: UInt64 = 0
         var changedDirectory = false
         for path in nodes.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) {
             guard let node = nodes[path], done.insert(node.inode).inserted else { continue }
             let inside = "/" + path
             let quoted = RootTree.debugfsQuoted(inside)
             switch node.kind {
-            case .file: dataBytes += node.size
-            case .symlink(let length) where length >= RootTree.inlineSymlinkLimit: dataBytes += UInt64(length)
+            case .file:
+                dataBytes += node.size
+                blockBytes += RootFilesystemRoom.blocks(node.size)
+            case .symlink(let length) where length >= RootTree.inlineSymlinkLimit:
+                dataBytes += UInt64(length)
+                blockBytes += RootFilesystemRoom.blocks(UInt64(length))
             default: break
             }
             if node.kind.isSpecial {
@@ -452,7 +519,8 @@ final class TarExtractor {
             commands += try xattrCommands(node, quoted: quoted)
         }
         if changedDirectory { commands.append("cd \"/\"") }
-        return PreparedRootTree(directory: root, debugfsCommands: commands, dataBytes: dataBytes, inodeCount: done.count)
+        return PreparedRootTree(directory: root, debugfsCommands: commands, dataBytes: dataBytes, inodeCount: done.count,
+                                blockBytes: blockBytes)
     }
 
     /// `ea_set -f VALUEFILE PATH NAME` for each extended attribute; values (often binary) go through files

@@ -20,6 +20,8 @@ public struct PreparedRootTree: Sendable, Equatable {
     public var dataBytes: UInt64
     /// Inodes the filesystem needs: directories (the root included), files, links, device nodes.
     public var inodeCount: Int
+    /// `dataBytes` as the filesystem stores it: each file and long symlink target in whole 4 KiB blocks.
+    public var blockBytes: UInt64 = 0
 }
 
 /// Why a root tree (a directory or a tarball) cannot be used.
@@ -107,7 +109,8 @@ public enum RootTree {
     /// Checks a directory and returns it as is, or extracts a tarball (`.tar`, `.tar.gz`/`.tgz`, `.tar.xz`,
     /// `.tar.zst`, `.tar.bz2`: recognised by content, not by name) into `scratch/rootfs` and collects the
     /// commands that restore owners, special modes and device nodes.
-    public static func prepare(source: String, scratch: String) throws -> PreparedRootTree {
+    /// With `room`, a tarball entry that would not fit is refused before its data is written.
+    public static func prepare(source: String, scratch: String, room: RootFilesystemRoom? = nil) throws -> PreparedRootTree {
         var status = stat()
         guard stat(source, &status) == 0 else {
             if errno == ENOENT || errno == ENOTDIR { throw RootTreeError.missing(source) }
@@ -118,7 +121,7 @@ public enum RootTree {
             return try prepareDirectory(source)
         case S_IFREG:
             let format = try ArchiveFormat.detect(path: source)
-            return try TarExtractor(archive: source, format: format, scratch: scratch).run()
+            return try TarExtractor(archive: source, format: format, scratch: scratch, room: room).run()
         default:
             throw RootTreeError.unusable(source, reason: "not a directory or a tarball")
         }
@@ -133,7 +136,7 @@ public enum RootTree {
         guard access(root, R_OK | X_OK) == 0 else { throw RootTreeError.unreadable(root, reason: errnoDescription(errno)) }
 
         var seen = Set<InodeKey>()
-        var dataBytes: UInt64 = 0
+        var dataBytes: UInt64 = 0, blockBytes: UInt64 = 0
         var pending: [(path: [UInt8], relative: [UInt8])] = [(Array(root.utf8), [])]
         var rootStatus = stat()
         lstat(root, &rootStatus)
@@ -170,15 +173,21 @@ public enum RootTree {
                     guard access(childString, R_OK) == 0 else {
                         throw RootTreeError.unreadable(childString, reason: errnoDescription(errno))
                     }
-                    if isNew { dataBytes += UInt64(max(0, status.st_size)) }
+                    if isNew {
+                        dataBytes += UInt64(max(0, status.st_size))
+                        blockBytes += RootFilesystemRoom.blocks(UInt64(max(0, status.st_size)))
+                    }
                 case S_IFLNK:
-                    if isNew && status.st_size >= inlineSymlinkLimit { dataBytes += UInt64(status.st_size) }
+                    if isNew && status.st_size >= inlineSymlinkLimit {
+                        dataBytes += UInt64(status.st_size)
+                        blockBytes += RootFilesystemRoom.blocks(UInt64(status.st_size))
+                    }
                 default:
                     break
                 }
             }
         }
-        return PreparedRootTree(directory: root, debugfsCommands: [], dataBytes: dataBytes, inodeCount: seen.count)
+        return PreparedRootTree(directory: root, debugfsCommands: [], dataBytes: dataBytes, inodeCount: seen.count, blockBytes: blockBytes)
     }
 
     /// Refuses a name debugfs cannot quote or ext4 cannot hold. `displayPath` is the path inside the tree.

@@ -77,6 +77,7 @@ public struct ImageBuilder {
         let layout = try DiskLayout(diskSize: profile.diskSize, espSize: profile.espSize)
         let ext4Size = layout.rootSize - LUKSLayout.headerSize
         let scratch = try TemporaryDirectory(near: request.output)
+        try HostFileLimit.check(size: layout.diskSize, directory: scratch.path)
         try PublishJournal.begin(in: scratch.path)
         let ids = Identities(seed: request.seed)
         let diskGUID = try ids.guid("disk"), espGUID = try ids.guid("esp-partition"), rootGUID = try ids.guid("root-partition")
@@ -115,8 +116,9 @@ public struct ImageBuilder {
         encryption.startFollowing()
         let tree: PreparedRootTree, commands: [String], boot: BootPlan, passphrase: Passphrase
         do {
-            tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path)
-            try checkFits(tree: tree, ext4Size: ext4Size)
+            let room = RootFilesystemRoom(size: ext4Size, diskSize: layout.diskSize)
+            tree = try RootTree.prepare(source: request.rootfs, scratch: scratch.path, room: room)
+            try checkFits(tree: tree, room: room)
             if sourceDirectory == nil {  // a tarball, now extracted
                 mke2fs = startMke2fs(tree.directory)
             } else if tree.directory != sourceDirectory {
@@ -281,14 +283,10 @@ public struct ImageBuilder {
         return (luks, roles, esp)
     }
 
-    /// Refuses early, with the shortfall, a tree that cannot fit (mke2fs's own failure is the backstop).
-    func checkFits(tree: PreparedRootTree, ext4Size: UInt64) throws {
-        // Metadata: inode tables (256 bytes per 16 KiB), the journal (up to 1/64, at most 128 MiB), bitmaps, slack.
-        let metadata = ext4Size / 64 + min(ext4Size / 64, 128 << 20) + (8 << 20)
-        let needed = tree.dataBytes + UInt64(tree.inodeCount) * 4096 / 4 + metadata
-        if needed > ext4Size {
-            throw ImageBuildError.treeLargerThanPartition(needed: needed, available: ext4Size)
-        }
+    /// Refuses early, with the `--size` needed, a tree that cannot fit: its data or its number of entries
+    /// (mke2fs's own failure is the backstop). A tarball was checked entry by entry while it was extracted.
+    func checkFits(tree: PreparedRootTree, room: RootFilesystemRoom) throws {
+        try room.check(blockBytes: tree.blockBytes, inodes: tree.inodeCount)
     }
 }
 

@@ -5,20 +5,41 @@ import Foundation
 /// The copy is a sparse file as large as the root partition (libcryptsetup checks the data segment
 /// against the device size) holding only the 16 MiB header area. `change` runs one libcryptsetup
 /// operation and returns the bytes that differ, grouped in the order that keeps the image openable
-/// at every instant (see `HeaderUpdate`). Owns a temporary directory removed in `deinit`.
+/// at every instant (see `HeaderUpdate`). Owns a temporary directory removed in `deinit`, or, `inMemory`
+/// (for commands that only read the image, such as `keys list` on a read-only mount), an anonymous memfd that
+/// libcryptsetup opens as `/proc/self/fd/N`: no writable place is needed.
 final class HeaderWorkspace {
     let image: String
     let original: [UInt8]
     let device: CryptDevice
-    private let directory: TemporaryDirectory
+    private let directory: TemporaryDirectory?
+    /// The memfd the path names while this workspace lives (-1: a file in `directory`).
+    private let memoryDescriptor: Int32
     private let path: String
 
-    init(image: String, bytes: [UInt8], partitionSize: UInt64) throws {
+    init(image: String, bytes: [UInt8], partitionSize: UInt64, inMemory: Bool = false) throws {
         self.image = image
         original = bytes
-        directory = try TemporaryDirectory(near: image, purpose: ImagePaths(image: image).workspacePurpose)
-        path = directory.file("header.luks")
-        let file = try RawFile(creating: path, size: partitionSize)
+        let file: RawFile
+        if inMemory {
+            let fd = GNUCalls.memfdCreate?("sevimage-luks-header", GNUCalls.memfdCloexec) ?? -1
+            guard fd >= 0 else { throw GeneralError.io("create an in-memory copy of the LUKS header of", path: image, errno: errno) }
+            memoryDescriptor = fd
+            directory = nil
+            path = "/proc/self/fd/\(fd)"
+            guard ftruncate(fd, off_t(partitionSize)) == 0 else {
+                let code = errno
+                close(fd)
+                throw GeneralError.io("size an in-memory copy of the LUKS header of", path: image, errno: code)
+            }
+            do { file = try RawFile(path: path, writable: true) } catch { close(fd); throw error }
+        } else {
+            let directory = try TemporaryDirectory(near: image, purpose: ImagePaths(image: image).workspacePurpose)
+            self.directory = directory
+            memoryDescriptor = -1
+            path = directory.file("header.luks")
+            file = try RawFile(creating: path, size: partitionSize)
+        }
         try bytes.withUnsafeBytes { try file.write($0, at: 0) }
         device = try CryptDevice(path: path)
         do {
@@ -28,12 +49,16 @@ final class HeaderWorkspace {
         }
     }
 
+    deinit {
+        if memoryDescriptor >= 0 { close(memoryDescriptor) }
+    }
+
     /// The volume key and the keyslot `passphrase` opens; a wrong passphrase names the image, not the copy.
     func unlock(_ passphrase: Passphrase) throws -> (key: SecretBytes, keyslot: Int) {
         do {
             return try device.volumeKey(passphrase: passphrase.secret)
-        } catch LUKSError.wrongPassphrase {
-            throw LUKSError.wrongPassphrase(image)
+        } catch let error as LUKSError {
+            throw error.naming(image)
         }
     }
 
@@ -43,6 +68,8 @@ final class HeaderWorkspace {
             return try device.volumeKey(passphrase: passphrase.secret).keyslot
         } catch LUKSError.wrongPassphrase {
             return nil
+        } catch let error as LUKSError {
+            throw error.naming(image)
         }
     }
 

@@ -18,8 +18,12 @@ final class ImageHeaderArea {
     let manifest: Manifest?
     let manifestPath: String
 
+    /// Whether the image was opened to be written; a read-only area's workspace lives in memory.
+    let writable: Bool
+
     init(image: String, writable: Bool) throws {
         self.image = image
+        self.writable = writable
         qcow = try QCOW2Image(path: image, writable: writable)
         let root = try Self.findRoot(qcow, image: image)
         (rootOffset, rootSize) = root
@@ -81,7 +85,7 @@ final class ImageHeaderArea {
     func workspace() throws -> HeaderWorkspace {
         let bytes = try readHeader()
         guard Array(bytes[0..<6]) == luksMagic else { throw LUKSError.notLUKS(image, nil) }
-        return try HeaderWorkspace(image: image, bytes: bytes, partitionSize: rootSize)
+        return try HeaderWorkspace(image: image, bytes: bytes, partitionSize: rootSize, inMemory: !writable)
     }
 
     /// The manifest's role for each keyslot (nil without a manifest).

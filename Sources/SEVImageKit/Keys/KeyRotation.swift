@@ -81,6 +81,8 @@ public struct KeyRotation {
         defer { withExtendedLifetime(lock) {} }
         paths.removeLeftovers()
         try refuseReencryptPending(paths)
+        try FreeSpace.require(FreeSpace.headerUpdate, in: PathName.directory(of: request.image), for: "rotate",
+                              why: "two copies of the 16 MiB LUKS header area while it works")
         let area = try ImageHeaderArea(image: request.image, writable: true)
         if try HeaderJournal.replayIfPending(area: area, paths: paths) {
             progress.step("finished a LUKS header write an earlier run had journaled")

@@ -87,6 +87,8 @@ public enum Keyslots {
         paths.removeLeftovers()
         try refuseReencryptPending(paths)
         try refuseRotationPending(paths)
+        try FreeSpace.require(FreeSpace.headerUpdate, in: PathName.directory(of: image), for: "keys",
+                              why: "two copies of the 16 MiB LUKS header area while it works")
         let area = try ImageHeaderArea(image: image, writable: true)
         try HeaderJournal.replayIfPending(area: area, paths: paths)
         return (lock, area, paths)

@@ -89,20 +89,50 @@ public final class CryptDevice {
         }
     }
 
-    /// The volume key, unlocked with `passphrase` from any keyslot; also says which keyslot opened.
+    /// The volume key, unlocked with `passphrase` from a keyslot; also says which keyslot opened.
+    ///
+    /// Keyslots are tried one by one in libcryptsetup's order (priority "prefer", then "normal"; "ignore" is
+    /// skipped, as with CRYPT_ANY_SLOT), and only those whose KDF cost is within `KeyslotCostLimit`: a hostile
+    /// header's PBKDF2 with 2^31 iterations or argon2 with time cost 2^32−1 would hang verify and rotate. When
+    /// no keyslot within the limit opens and one above it was left out, the refusal names it (exit 2).
     public func volumeKey(passphrase: SecretBytes) throws -> (key: SecretBytes, keyslot: Int) {
         var buffer = [UInt8](repeating: 0, count: 128)
         defer { buffer.withUnsafeMutableBytes { wipe($0) } }
-        var size = buffer.count
-        let status = passphrase.withUnsafeBytes { pass in
-            buffer.withUnsafeMutableBytes { out in
-                crypt_volume_key_get(cd, CRYPT_ANY_SLOT, out.baseAddress?.assumingMemoryBound(to: CChar.self), &size,
-                                     pass.baseAddress?.assumingMemoryBound(to: CChar.self), pass.count)
+        var tooCostly: (slot: Int, cost: String)?
+        var candidates: [(slot: Int32, prefer: Bool)] = []
+        for slot in 0..<crypt_keyslot_max("LUKS2") {
+            let status = crypt_keyslot_status(cd, slot)
+            guard status == CRYPT_SLOT_ACTIVE || status == CRYPT_SLOT_ACTIVE_LAST else { continue }
+            let priority = crypt_keyslot_get_priority(cd, slot)
+            guard priority != CRYPT_SLOT_PRIORITY_IGNORE else { continue }
+            var pbkdf = crypt_pbkdf_type()
+            let cost: String?
+            if crypt_keyslot_get_pbkdf(cd, slot, &pbkdf) == 0 {
+                cost = KeyslotCostLimit.excess(type: pbkdf.type.map { String(cString: $0) } ?? "", iterations: pbkdf.iterations,
+                                               memoryKiB: pbkdf.max_memory_kb, threads: pbkdf.parallel_threads)
+            } else {
+                cost = "a KDF libcryptsetup cannot describe"
             }
+            if let cost {
+                if tooCostly == nil { tooCostly = (Int(slot), cost) }
+                continue
+            }
+            candidates.append((slot, priority == CRYPT_SLOT_PRIORITY_PREFER))
         }
-        if status == -EPERM || status == -ENOENT { throw LUKSError.wrongPassphrase(path) }
-        let slot = try check(status, "unlock \(path)")
-        return (SecretBytes(buffer[0..<size]), Int(slot))
+        for (slot, _) in candidates.filter(\.prefer) + candidates.filter({ !$0.prefer }) {
+            var size = buffer.count
+            let status = passphrase.withUnsafeBytes { pass in
+                buffer.withUnsafeMutableBytes { out in
+                    crypt_volume_key_get(cd, slot, out.baseAddress?.assumingMemoryBound(to: CChar.self), &size,
+                                         pass.baseAddress?.assumingMemoryBound(to: CChar.self), pass.count)
+                }
+            }
+            if status == -EPERM || status == -ENOENT { continue }
+            let opened = try check(status, "unlock \(path)")
+            return (SecretBytes(buffer[0..<size]), Int(opened))
+        }
+        if let tooCostly { throw LUKSError.keyslotTooCostly(path, slot: tooCostly.slot, cost: tooCostly.cost) }
+        throw LUKSError.wrongPassphrase(path)
     }
 
     /// Destroys a keyslot (its key material is overwritten).
@@ -198,15 +228,55 @@ public enum LUKSLayout {
     public static let minimumPBKDF2Iterations: UInt32 = 1000
 }
 
+/// The most work sevimage lets libcryptsetup do for one keyslot, so that a hostile header cannot make `verify`,
+/// `rotate`, `reencrypt` or `keys` run for hours: PBKDF2 at most 100,000,000 iterations (the most a profile or
+/// `keys add --iterations` may set; about 2.5 minutes for a 512-bit key here), argon2 at most 4 GiB of memory
+/// (libcryptsetup's own ceiling), 16 threads, and a time cost times memory of at most 64 GiB (cryptsetup's
+/// defaults are 4 to 10 passes over at most 1 GiB).
+public enum KeyslotCostLimit {
+    public static let pbkdf2Iterations: UInt32 = 100_000_000
+    public static let argon2MemoryKiB: UInt32 = 4 << 20
+    public static let argon2Threads: UInt32 = 16
+    public static let argon2PassesTimesMemoryKiB: UInt64 = 64 << 20
+
+    /// What is above the limit in a keyslot's KDF, or nil when it is within.
+    static func excess(type: String, iterations: UInt32, memoryKiB: UInt32, threads: UInt32) -> String? {
+        switch type {
+        case "pbkdf2":
+            return iterations > pbkdf2Iterations ? "PBKDF2 with \(iterations) iterations (sevimage tries at most \(pbkdf2Iterations))" : nil
+        case "argon2i", "argon2id":
+            if memoryKiB > argon2MemoryKiB { return "\(type) with \(memoryKiB) KiB of memory (sevimage tries at most \(argon2MemoryKiB))" }
+            if threads > argon2Threads { return "\(type) with \(threads) threads (sevimage tries at most \(argon2Threads))" }
+            if UInt64(iterations) * UInt64(memoryKiB) > argon2PassesTimesMemoryKiB {
+                return "\(type) with time cost \(iterations) over \(memoryKiB) KiB (sevimage tries at most \(argon2PassesTimesMemoryKiB) KiB in all)"
+            }
+            return nil
+        default:
+            return "the unknown KDF \"\(type)\""
+        }
+    }
+}
+
 public enum LUKSError: SEVImageError {
     case library(String, Int32, String?)
     case notLUKS(String, String?)
     case wrongPassphrase(String)
+    /// No keyslot within `KeyslotCostLimit` opened, and this one was left out.
+    case keyslotTooCostly(String, slot: Int, cost: String)
+
+    /// The same refusal about `image` instead of the private header copy it came from.
+    public func naming(_ image: String) -> LUKSError {
+        switch self {
+        case .wrongPassphrase: .wrongPassphrase(image)
+        case .keyslotTooCostly(_, let slot, let cost): .keyslotTooCostly(image, slot: slot, cost: cost)
+        default: self
+        }
+    }
 
     public var exitStatus: ExitStatus {
         switch self {
         case .library: .failure
-        case .notLUKS: .invalidInput
+        case .notLUKS, .keyslotTooCostly: .invalidInput
         case .wrongPassphrase: .wrongPassphrase
         }
     }
@@ -220,6 +290,8 @@ public enum LUKSError: SEVImageError {
             return "\(path) holds no readable LUKS2 header (not a sevimage image, or its header is damaged)"
         case .wrongPassphrase(let path):
             return "the passphrase opens no keyslot of \(path)"
+        case .keyslotTooCostly(let path, let slot, let cost):
+            return "the passphrase opens no other keyslot of \(path), and keyslot \(slot) was not tried: it asks for \(cost)"
         }
     }
 }

@@ -54,6 +54,39 @@ public struct Passphrase: Sendable, CustomStringConvertible {
         }
     }
 
+    /// The most characters GRUB 2.06's passphrase prompt keeps: `grub_password_get(buf, 256)` (luks2.c's
+    /// MAX_PASSPHRASE) stores a key only while `cur_len + 2 < buf_size`, and drops the rest without a word.
+    public static let grubPromptMaximumLength = 254
+
+    /// Why a person cannot type this passphrase at GRUB's prompt, or nil when they can. GRUB 2.06
+    /// (`grub_password_get` in grub-core/lib/crypto.c) skips every key that is not printable ASCII
+    /// (`grub_isprint`: 0x20 to 0x7E, so no UTF-8, tab or other control character) and keeps at most 254.
+    /// The SEV secret path takes any bytes but NUL: a passphrase only it can use gets a warning, one meant to
+    /// be typed (a recovery passphrase, `boot`) is refused.
+    public var grubPromptProblem: String? {
+        secret.withUnsafeBytes { bytes -> String? in
+            if let index = bytes.firstIndex(where: { $0 < 0x20 || $0 > 0x7E }) {
+                let what = bytes[index] > 0x7E ? "is not ASCII" : "is a control character"
+                return "byte \(index + 1) (0x\(String(bytes[index], radix: 16, uppercase: true))) \(what); GRUB's prompt takes only printable ASCII (0x20 to 0x7E)"
+            }
+            if bytes.count > Self.grubPromptMaximumLength {
+                return "it is \(bytes.count) characters long; GRUB's prompt keeps at most \(Self.grubPromptMaximumLength) and drops the rest"
+            }
+            return nil
+        }
+    }
+
+    /// Refuses a passphrase a person must type at GRUB's prompt when they cannot (`role`: what it is for).
+    public func checkTypableAtGrub(path: String, role: String) throws {
+        if let problem = grubPromptProblem { throw PassphraseError.notTypableAtGrub(path, role: role, reason: problem) }
+    }
+
+    /// Warns, on stderr, that only the SEV secret path will be able to use this passphrase.
+    public func warnIfNotTypableAtGrub(path: String) {
+        guard let problem = grubPromptProblem else { return }
+        Console.warning("the passphrase in \(path) cannot be typed at GRUB's prompt (\(problem)): only the SEV secret path will unlock the image with it, not a standard boot")
+    }
+
     /// Writes the passphrase (without a newline) to a new file, created exclusively with mode 0600 and fsync'ed.
     public func write(toNewFile path: String) throws {
         try SecretFile.writeNew(secret, to: path)
@@ -63,6 +96,7 @@ public struct Passphrase: Sendable, CustomStringConvertible {
 public enum PassphraseError: SEVImageError {
     case empty(String)
     case containsNUL(String)
+    case notTypableAtGrub(String, role: String, reason: String)
 
     public var exitStatus: ExitStatus { .invalidInput }
 
@@ -70,6 +104,7 @@ public enum PassphraseError: SEVImageError {
         switch self {
         case .empty(let path): "passphrase file \(path) is empty"
         case .containsNUL(let path): "passphrase file \(path) contains a NUL byte, which GRUB's secret entry cannot carry"
+        case .notTypableAtGrub(let path, let role, let reason): "the \(role) in \(path) cannot be typed at GRUB's passphrase prompt: \(reason)"
         }
     }
 }

@@ -33,11 +33,13 @@ public enum GeneralError: SEVImageError {
     case outputExists(String)
     case locked(String)
     case interrupted
+    /// `command` needs `needed` bytes free in a directory that has `available`; `why` says for what.
+    case notEnoughSpace(String, command: String, needed: UInt64, available: UInt64, why: String)
 
     public var exitStatus: ExitStatus {
         switch self {
         case .invalidArgument: .invalidInput
-        case .missingTool, .toolFailed, .io: .failure
+        case .missingTool, .toolFailed, .io, .notEnoughSpace: .failure
         case .outputExists, .locked: .conflict
         case .interrupted: .interrupted
         }
@@ -60,6 +62,8 @@ public enum GeneralError: SEVImageError {
             return "\(path) is in use by another sevimage process"
         case .interrupted:
             return "interrupted; partial outputs were removed"
+        case .notEnoughSpace(let directory, let command, let needed, let available, let why):
+            return "\(command) needs \(readableSize(needed)) free in \(directory) (\(why)) but it has \(readableSize(available)); nothing was changed"
         }
     }
 }
@@ -69,4 +73,44 @@ import Foundation
 /// `strerror` text for an errno value, in lowercase as the rest of our messages.
 public func errnoDescription(_ code: Int32) -> String {
     String(cString: strerror(code)).lowercased()
+}
+
+extension GeneralError {
+    /// A Foundation file error (`Data.write`, `FileManager`: NSCocoaErrorDomain, or NSPOSIXErrorDomain) as the one
+    /// line every other I/O failure gets, "cannot write PATH: no space left on device", with exit status 1; nil for
+    /// any other error. Without it the raw `Error Domain=NSCocoaErrorDomain Code=640 ...` reached the user.
+    public init?(foundation error: Error) {
+        guard !(error is any SEVImageError) else { return nil }
+        let error = error as NSError
+        guard error.domain == NSCocoaErrorDomain || error.domain == NSPOSIXErrorDomain else { return nil }
+        let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError
+        // A copy or move that could not write names its destination apart from its source.
+        let destination = (512..<768).contains(error.code) ? error.userInfo["NSDestinationFilePath"] as? String : nil
+        let path = destination ?? error.userInfo[NSFilePathErrorKey] as? String
+            ?? (error.userInfo[NSURLErrorKey] as? URL)?.path
+            ?? underlying?.userInfo[NSFilePathErrorKey] as? String ?? "a file"
+        var code: Int32
+        if error.domain == NSPOSIXErrorDomain {
+            code = Int32(truncatingIfNeeded: error.code)
+        } else if let underlying, underlying.domain == NSPOSIXErrorDomain {
+            code = Int32(truncatingIfNeeded: underlying.code)
+        } else {
+            switch CocoaError.Code(rawValue: error.code) {
+            case .fileWriteOutOfSpace: code = ENOSPC
+            case .fileWriteVolumeReadOnly: code = EROFS
+            case .fileReadNoPermission, .fileWriteNoPermission: code = EACCES
+            case .fileNoSuchFile, .fileReadNoSuchFile: code = ENOENT
+            case .fileWriteFileExists: code = EEXIST
+            case .fileReadTooLarge: code = EFBIG
+            default: code = EIO
+            }
+        }
+        let operation: String
+        switch error.code {
+        case 256..<512: operation = "read"  // NSFileReadErrorMinimum ... NSFileReadErrorMaximum
+        case 512..<768: operation = "write"
+        default: operation = error.code == CocoaError.fileNoSuchFile.rawValue ? "find" : "use"
+        }
+        self = .io(operation, path: path, errno: code)
+    }
 }

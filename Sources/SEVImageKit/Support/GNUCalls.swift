@@ -11,6 +11,10 @@ enum GNUCalls {
     static let fallocate: (@convention(c) (Int32, Int32, off_t, off_t) -> Int32)? = lookUp("fallocate")
     static let punchHoleKeepSize: Int32 = 0x03  // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
+    /// `memfd_create(name, flags)`: an anonymous in-memory file.
+    static let memfdCreate: (@convention(c) (UnsafePointer<CChar>, UInt32) -> Int32)? = lookUp("memfd_create")
+    static let memfdCloexec: UInt32 = 1  // MFD_CLOEXEC
+
     /// `O_DIRECT`, whose value differs by architecture.
     #if arch(arm64)
     static let directIO: Int32 = 0o200000

@@ -188,7 +188,11 @@ public struct ImageVerifier {
         try device.load()
         let unlocked: (key: SecretBytes, keyslot: Int)
         do {
-            unlocked = try device.volumeKey(passphrase: passphrase.secret)
+            do {
+                unlocked = try device.volumeKey(passphrase: passphrase.secret)
+            } catch let error as LUKSError {
+                throw error.naming(inspector.disk.path)
+            }
         } catch LUKSError.wrongPassphrase {
             return [VerificationCheck(name: "passphrase opens a keyslot", status: .fail, expected: "a keyslot opens", actual: "no keyslot opens"),
                     VerificationCheck(name: "root ext4 uuid", status: .skipped, note: "the volume did not open")]

@@ -31,7 +31,7 @@ struct Rotate: ParsableCommand {
     @Flag(help: "Keep the replaced IMAGE.passphrase as IMAGE.passphrase.old.")
     var keepOldPassphrase = false
 
-    /// Accepted and ignored since 0.4: the digest is updated from IMAGE.blockdigests without reading the data.
+    /// Accepted and ignored since IMAGE.blockdigests: the digest is updated from IMAGE.blockdigests without reading the data.
     @Flag(help: .hidden)
     var noRehash = false
 

@@ -43,9 +43,9 @@ struct DigestRefresh {
         let started = Date()
         let size = try RawFile(path: area.image, writable: false).size
         let stored = try BlockDigests.read(paths.blockDigests)
-        guard var bytes = stored, BlockDigests.problem(stored, blockSHA256: manifest.image.blockSHA256, fileSize: size) == nil else {
-            let problem = BlockDigests.problem(stored, blockSHA256: manifest.image.blockSHA256, fileSize: size) ?? ""
-            progress?.step("hashing the whole image for the manifest (\(PathName.name(of: paths.blockDigests)): \(problem)), and writing its block digests")
+        let problem = BlockDigests.problem(stored, blockSHA256: manifest.image.blockSHA256, fileSize: size)
+        guard var bytes = stored, problem == nil else {
+            progress?.step("hashing the whole image for the manifest (\(PathName.name(of: paths.blockDigests)): \(problem ?? "unusable")), and writing its block digests")
             let leaves = try ImageDigest.leaves(of: area.image)
             try BlockDigests.replace(paths.blockDigests, with: leaves.bytes)
             CrashPoint.durable("block digests written")

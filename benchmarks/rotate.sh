@@ -1,14 +1,16 @@
 #!/bin/bash
 # Benchmark: `sevimage rotate` on an image that holds a lot of data, against the issue's target
 # (under 2 seconds plus the KDF time, whatever the data), and `reencrypt` on the same image for scale.
+# benchmarks/keys-scale.sh measures the key operations across data sizes (issue 17).
 #
 #   benchmarks/rotate.sh [--data 4G] [--disk 8G] [--workdir DIR] [--sevimage PATH] [--keep] [--no-reencrypt]
 #
 # Builds a root tree of the demo tree's /boot plus DATA of incompressible bytes (/dev/urandom, in 256 MiB
 # files), creates an image of DISK with it (release build), then times, each once:
-#   rotate --no-rehash   the rotation proper: header read, keyslot added, passphrase files, keyslot destroyed,
-#                        each step journaled and fsync'ed; the manifest updated without hashing the image
-#   rotate               the same plus the manifest's new image digest (the one step that reads all the data)
+#   rotate (first)       the first rotation after create: header read, keyslot added, passphrase files, keyslot
+#                        destroyed, each step journaled and fsync'ed; the manifest's image digest updated from
+#                        IMAGE.blockdigests (only the LUKS header area's 16 MiB hashed again)
+#   rotate (second)      the same again
 #   reencrypt            every allocated cluster re-encrypted into a new image (grows with the data by design)
 # and the KDF time of the keyslot's PBKDF2 (its iteration count, measured with openssl).
 # The page cache is dropped before each timed run when run as root.
@@ -90,19 +92,20 @@ hashlib.pbkdf2_hmac("sha256", b"x" * 43, b"s" * 32, n, 64)
 print(f"{time.perf_counter() - t:.4f}")
 PY
 )
-fast=$(timed "$sevimage" rotate "$image" --passphrase-file "$workdir/bench.passphrase" --no-rehash --json)
+fast=$(timed "$sevimage" rotate "$image" --passphrase-file "$workdir/bench.passphrase" --json)
 full=$(timed "$sevimage" rotate "$image" --passphrase-file "$workdir/bench.passphrase" --json)
 hash=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["hashSeconds"])' "$workdir/last.json")
 target=$(calc "2 + 4 * $kdf")  # PBKDF2 runs about four times: unlock with the old passphrase, probe and add the new, unlock again
 
 printf '\n%-44s %10s\n' "image: $disk virtual, $data of data" "seconds"
 printf '%-44s %10.3f\n' "PBKDF2-SHA256 $iterations iterations (one KDF)" "$kdf"
-printf '%-44s %10.3f\n' "rotate --no-rehash (header work only)" "$fast"
-printf '%-44s %10.3f\n' "rotate (with the manifest's image hash)" "$full"
-printf '%-44s %10s\n' "  of which hashing the image" "$hash"
+printf '%-44s %10.3f\n' "rotate (first)" "$fast"
+printf '%-44s %10.3f\n' "rotate (second)" "$full"
+printf '%-44s %10s\n' "  of which the manifest's digest" "$hash"
 printf '%-44s %10.3f\n' "target: 2 s + KDF time" "$target"
-if python3 -c "import sys; sys.exit(0 if $fast < $target else 1)"; then echo "rotate --no-rehash: within the target"; else echo "rotate --no-rehash: OVER the target"; fi
-if python3 -c "import sys; sys.exit(0 if $full < $target else 1)"; then echo "rotate: within the target"; else echo "rotate: over the target (hashing the image for the manifest reads all the data)"; fi
+for t in "$fast" "$full"; do
+    if python3 -c "import sys; sys.exit(0 if $t < $target else 1)"; then echo "rotate: within the target"; else echo "rotate: OVER the target"; fi
+done
 
 if [ "$reencrypt" -eq 1 ]; then
     re=$(timed "$sevimage" reencrypt "$image" --passphrase-file "$workdir/bench.passphrase" --json)

@@ -8,7 +8,8 @@ struct Rotate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Replace an image's passphrase in place: a new PBKDF2 keyslot, then the old one destroyed.",
         discussion: """
-            Only the LUKS header inside the QCOW2 changes, so the time does not depend on the data. Writes \
+            Only the LUKS header inside the QCOW2 changes, so the time does not depend on the data: the manifest's \
+            image digest is updated from IMAGE.blockdigests, with only the header area hashed again. Writes \
             IMAGE.passphrase anew (0600) and updates the manifest. Safe to kill at any instant: the image then \
             opens with the old or the new passphrase (the new one is on disk, in IMAGE.passphrase.new or \
             IMAGE.passphrase, before the old keyslot goes), and running the same command again finishes the rotation. \
@@ -30,7 +31,8 @@ struct Rotate: ParsableCommand {
     @Flag(help: "Keep the replaced IMAGE.passphrase as IMAGE.passphrase.old.")
     var keepOldPassphrase = false
 
-    @Flag(help: "Leave the manifest's image digest as it was instead of hashing the image again (the only step whose time grows with the data).")
+    /// Accepted and ignored since IMAGE.blockdigests: the digest is updated from IMAGE.blockdigests without reading the data.
+    @Flag(help: .hidden)
     var noRehash = false
 
     @Flag(help: "Print one JSON object with the result on stdout.")
@@ -44,7 +46,9 @@ struct Rotate: ParsableCommand {
         request.newPassphrase = try newPassphraseFile.map { try Passphrase.read(from: $0) }
         if let newPassphraseFile { request.newPassphrase?.warnIfNotTypableAtGrub(path: newPassphraseFile) }
         request.keepOldPassphrase = keepOldPassphrase
-        request.rehash = !noRehash
+        if noRehash {
+            Console.write("sevimage: note: --no-rehash is ignored: the manifest's image digest is updated from IMAGE.blockdigests without reading the data\n")
+        }
         let result = try KeyRotation(request: request, progress: Progress(quiet: quiet || json)).run()
         Console.write("sevimage: note: \(result.note)\n")
         if json { try printJSON(result) }

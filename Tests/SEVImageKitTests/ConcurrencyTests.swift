@@ -55,7 +55,7 @@ struct ConcurrencyTests {
         #expect(second.status == ExitStatus.conflict.rawValue, "\(second)")
         #expect(second.stderr == "sevimage: error: \(out)/vm.qcow2 is in use by another sevimage process\n", "\(second.stderr)")
         try ReliabilityInterruptTests.expectComplete(out + "/vm.qcow2", "winner")
-        #expect(entries(of: out) == ["vm.manifest.json", "vm.passphrase", "vm.qcow2"])
+        #expect(entries(of: out) == ["vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
 
     /// Many racing `create`s without --force: exactly one image, every loser exits 3.
@@ -72,7 +72,7 @@ struct ConcurrencyTests {
                     "\(result.stderr)")
         }
         try ReliabilityInterruptTests.expectComplete(scratch.file("vm.qcow2"), "race")
-        #expect(entries(of: scratch.path).filter { !$0.hasSuffix(".stderr") } == ["tree", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
+        #expect(entries(of: scratch.path).filter { !$0.hasSuffix(".stderr") } == ["tree", "vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
 
     /// `create --force` refuses to replace an image that a key operation holds (its flock on the image).
@@ -88,7 +88,7 @@ struct ConcurrencyTests {
         close(holder)
         #expect(refused.status == ExitStatus.conflict.rawValue && refused.stderr.hasSuffix("is in use by another sevimage process\n"), "\(refused)")
         #expect(try Crypto.hashFile(scratch.file("vm.qcow2")) == before)
-        #expect(entries(of: scratch.path) == ["tree", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
+        #expect(entries(of: scratch.path) == ["tree", "vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
 
     /// Two `rotate`s started together on one image: each exits 0 (they ran one after the other) or 3

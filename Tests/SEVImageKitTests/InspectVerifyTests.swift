@@ -172,6 +172,52 @@ struct InspectVerifyTests {
         }
     }
 
+    /// One byte flipped in a data cluster, in the LUKS header area, in the QCOW2's metadata (a refcount block) and in
+    /// the block digests beside the image: verify fails and names the check (and, for the file, the block).
+    @Test(arguments: ["data cluster", "LUKS header area", "QCOW2 metadata", "block digests"])
+    func aFlippedByteAnywhereFailsVerifyByName(_ place: String) throws {
+        let scratch = try Scratch()
+        let image = try makeImage(scratch)
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
+        let qcow = try QCOW2Image(path: image)
+        let luksOffset = manifest.partitions[1].firstLBA * 512
+        let file: String, offset: UInt64
+        switch place {
+        case "data cluster":
+            // The ext4 superblock's cluster, 1 KiB into the data segment.
+            (file, offset) = (image, try #require(try qcow.hostRanges(count: 1, at: luksOffset + LUKSLayout.headerSize + 1024).first).lowerBound)
+        case "LUKS header area":
+            // The keyslot area's last byte (random bytes no keyslot uses).
+            (file, offset) = (image, try #require(try qcow.hostRanges(count: 1, at: luksOffset + LUKSLayout.headerSize - 1).first).lowerBound)
+        case "QCOW2 metadata":
+            // The refcount of cluster 0, in the first refcount block (the refcount table at header byte 48 points to it).
+            let header = try Data(contentsOf: URL(fileURLWithPath: image)).prefix(1 << 20)
+            let table = header[48..<56].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: image))
+            let block = bytes[Int(table)..<Int(table) + 8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            (file, offset) = (image, block + 1)
+        default:
+            (file, offset) = (scratch.file("vm.blockdigests"), 32 * 5 + 7)
+        }
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: file))
+        try handle.seek(toOffset: offset)
+        let byte = try #require(try handle.read(upToCount: 1))
+        try handle.seek(toOffset: offset)
+        try handle.write(contentsOf: Data([byte[0] ^ 0x01]))
+        try handle.close()
+        let run = try sevimage(["verify", image, "--json"])
+        #expect(run.status == ExitStatus.verificationFailed.rawValue, "\(place): \(run)")
+        let report = try JSONDecoder().decode(VerificationReport.self, from: run.stdoutData)
+        let failed = report.checks.filter { $0.status == .fail }
+        if place == "block digests" {
+            #expect(failed.map(\.name) == ["block digests"], "\(report.text)")
+        } else {
+            #expect(failed.map(\.name) == ["image digest"], "\(place): \(report.text)")
+            #expect(failed.first?.note?.hasPrefix("block \(offset / 65536) (file bytes \(offset / 65536 * 65536)-") == true, "\(place): \(report.text)")
+        }
+        #expect(run.stderr.contains("first: \(failed.first?.name ?? "?")"), "\(run.stderr)")
+    }
+
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/usr/share/ovmf/OVMF.fd"), "needs Debian's ovmf"))
     func linkThenVerifyTheFirmware() throws {
         let scratch = try Scratch()

@@ -31,6 +31,8 @@ struct KeysTests {
         let manifest = try fixture.readManifest()
         #expect(manifest.luks.keyslots.map(\.role) == ["generated", "recovery"])
         #expect(manifest.image.blockSHA256 == hex(try ImageDigest.of(file: fixture.image)))
+        #expect(change.hashedBytes == LUKSLayout.headerSize)
+        try expectDigestsHold(image: fixture.image, "keys add")
         #expect(!(try String(contentsOfFile: fixture.manifest, encoding: .utf8)).contains("battery"))
 
         // The human listing goes to stderr.
@@ -56,6 +58,7 @@ struct KeysTests {
         // Remove the two added slots; the last one cannot go.
         #expect(try sevimage(["keys", "remove", fixture.image, "--slot", "2", "--passphrase-file", recovery, "--quiet"]).status == 0)
         #expect(try sevimage(["keys", "remove", fixture.image, "--slot", "1", "--passphrase-file", fixture.passphraseFile, "--quiet"]).status == 0)
+        try expectDigestsHold(image: fixture.image, "keys remove")
         let opens = try fixture.opening([recoveryExact, person, fixture.passphraseFile])
         #expect(opens == [recoveryExact: false, person: false, fixture.passphraseFile: true])
         let before = try Crypto.hashFile(fixture.image)
@@ -66,6 +69,42 @@ struct KeysTests {
         #expect(try fixture.readManifest().luks.keyslots.map(\.slot) == [0])
         #expect(try fixture.readManifest().rotations.map(\.kind) == ["keys-add", "keys-add", "keys-remove", "keys-remove"])
         try runChecked("qemu-img", ["check", fixture.image])
+        #expect(fixture.leftovers().isEmpty, "\(fixture.leftovers())")
+    }
+
+    /// SIGKILL after every durable step of keys add, then of keys remove, and the operation finished by the next
+    /// key operation: the manifest's digest and the block digests are the oracle's over the whole file, and verify
+    /// passes.
+    @Test func killedAfterEveryStepTheDigestsStillHold() throws {
+        let fixture = try KeysFixture()
+        let recovery = fixture.scratch.file("recovery.txt")
+        try writePassphraseFile(recovery, "a recovery passphrase")
+        let add = ["keys", "add", fixture.image, "--passphrase-file", fixture.passphraseFile, "--new-passphrase-file", recovery, "--iterations", "1000", "--quiet"]
+        let remove = ["keys", "remove", fixture.image, "--slot", "1", "--passphrase-file", fixture.passphraseFile, "--quiet"]
+        let journal = fixture.image + ".sevimage-journal"
+        for (operation, arguments) in [("add", add), ("remove", remove)] {
+            var step = 1
+            while step < 30 {
+                let run = try sevimage(arguments, environment: ["SEVIMAGE_TEST_CRASH_AFTER": String(step)])
+                if run.status == 0 { break }
+                #expect(run.status == SIGKILL, "\(operation) step \(step): \(run)")
+                // Whatever the kill left (a journal, a keyslot without its manifest), the next operations finish it.
+                let pending = ImagePaths.exists(journal)
+                let slotThere = try fixture.opens(recovery)
+                let next: [[String]] = operation == "add"
+                    ? (pending || slotThere ? [remove, add] : [add])
+                    : (pending ? [add] : slotThere ? [remove, add] : [add])
+                for arguments in next {
+                    let rerun = try sevimage(arguments)
+                    #expect(rerun.status == 0, "\(operation) step \(step): \(rerun)")
+                }
+                try expectDigestsHold(image: fixture.image, "\(operation) step \(step)")
+                if operation == "add" { #expect(try sevimage(remove).status == 0) }  // the next step starts without slot 1
+                step += 1
+            }
+            #expect(step > 3, "\(operation) has more durable steps than that")
+            try expectDigestsHold(image: fixture.image, "\(operation) uninterrupted")
+        }
         #expect(fixture.leftovers().isEmpty, "\(fixture.leftovers())")
     }
 

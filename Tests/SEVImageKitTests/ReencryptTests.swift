@@ -99,6 +99,7 @@ struct ReencryptTests {
         let oracleDigest = try oracleImageDigest(fixture.image)
         #expect(manifest.image.blockSHA256 == oracleDigest && manifest.image.sha256 == nil)
         #expect(manifest.luks.keyslots.map(\.role) == ["generated"])
+        try expectDigestsHold(image: fixture.image, "reencrypt")
         let manifestText = try String(contentsOfFile: fixture.manifest, encoding: .utf8)
         let newPassphrase = try String(contentsOfFile: fixture.passphraseFile, encoding: .utf8)
         #expect(!manifestText.contains(newPassphrase) && !result.stdout.contains(newPassphrase) && !result.stderr.contains(newPassphrase))
@@ -130,6 +131,7 @@ struct ReencryptTests {
             #expect(try fixture.opens(fixture.passphraseFile), "step \(step)")
             #expect(try !fixture.opens(old), "step \(step): the old passphrase still opens")
             #expect(fixture.leftovers().isEmpty, "step \(step): \(fixture.leftovers())")
+            try expectDigestsHold(image: fixture.image, "step \(step)")
             step += 1
         }
         #expect(completedWithoutCrash)

@@ -6,8 +6,9 @@ import Testing
 /// SIGINT, and the next run reaping what a SIGKILL left. The output path always holds nothing or a whole image.
 @Suite(.serialized, .enabled(if: canCheckImages, "needs the image tools (e2fsprogs, dosfstools, mtools, grub, qemu-utils, cryptsetup, fdisk)"))
 struct ReliabilityInterruptTests {
-    /// Checkpoints of one `create` with a generated passphrase: 7 steps in ImageBuilder, 2 per publish.
-    static let checkpointCount = 13
+    /// Checkpoints of one `create` with a generated passphrase: 7 steps in ImageBuilder, 2 per publish
+    /// (passphrase, block digests, manifest, image).
+    static let checkpointCount = 15
 
     /// What a directory holds besides the test's tree: outputs and anything a run may leave.
     static func outputs(_ directory: String) -> [String] {
@@ -20,6 +21,10 @@ struct ReliabilityInterruptTests {
         try runChecked("qemu-img", ["check", "-q", image])
         let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: stem + ".manifest.json")), path: "manifest")
         #expect(manifest.image.blockSHA256 == hex(try ImageDigest.of(file: image)), "\(label)")
+        // The block digests beside it are the ones the manifest's digest covers, and the oracle's.
+        let sidecar = try Data(contentsOf: URL(fileURLWithPath: stem + ".blockdigests"))
+        #expect(hex(Crypto.sha256(sidecar)) == manifest.image.blockSHA256, "\(label)")
+        #expect(sameBytes(try oracleBlockDigests(image), sidecar), "\(label)")
         let opened = try OpenedImage(image: image)
         #expect(try runProgram("cryptsetup", ["open", "--test-passphrase", "--key-file", stem + ".passphrase", opened.luksPartition]).status == 0, "\(label)")
     }
@@ -45,8 +50,8 @@ struct ReliabilityInterruptTests {
             // The next create into the same directory reaps it and rolls back what was half published.
             let next = try Self.create(scratch, output: "other.qcow2")
             #expect(next.status == 0, "step \(step): \(next)")
-            let expected = ["other.manifest.json", "other.passphrase", "other.qcow2"]
-                + (complete ? ["vm.manifest.json", "vm.passphrase", "vm.qcow2"] : [])
+            let expected = ["other.blockdigests", "other.manifest.json", "other.passphrase", "other.qcow2"]
+                + (complete ? ["vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"] : [])
             #expect(Self.outputs(scratch.path) == expected.sorted(), "step \(step)")
             for name in Self.outputs(scratch.path) { try FileManager.default.removeItem(atPath: scratch.file(name)) }
             step += 1
@@ -54,7 +59,7 @@ struct ReliabilityInterruptTests {
         }
         #expect(step == Self.checkpointCount + 1, "create passed \(step - 1) checkpoints")
         try Self.expectComplete(scratch.file("vm.qcow2"), "uninterrupted")
-        #expect(Self.outputs(scratch.path) == ["vm.manifest.json", "vm.passphrase", "vm.qcow2"])
+        #expect(Self.outputs(scratch.path) == ["vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
 
     @Test func sigtermAtEveryCheckpointRemovesEverythingUnfinishedBeforeExit() throws {
@@ -67,7 +72,7 @@ struct ReliabilityInterruptTests {
             // Before the image is in place everything goes; once it is (the last checkpoint), the whole set stays.
             if Self.outputs(scratch.path).contains("vm.qcow2") {
                 #expect(step == Self.checkpointCount, "step \(step)")
-                #expect(Self.outputs(scratch.path) == ["vm.manifest.json", "vm.passphrase", "vm.qcow2"], "step \(step)")
+                #expect(Self.outputs(scratch.path) == ["vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"], "step \(step)")
                 try Self.expectComplete(scratch.file("vm.qcow2"), "step \(step)")
                 for name in Self.outputs(scratch.path) { unlink(scratch.file(name)) }
             }
@@ -83,16 +88,16 @@ struct ReliabilityInterruptTests {
         let scratch = try Scratch()
         try makeRichTree(at: scratch.file("tree"), owners: false)
         try #require(try Self.create(scratch).status == 0)
-        let names = ["vm.manifest.json", "vm.passphrase", "vm.qcow2"]
+        let names = ["vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"]
         func contents() throws -> [Data] { try names.map { try Data(contentsOf: URL(fileURLWithPath: scratch.file($0))) } }
         let original = try contents()
-        for point in ["published vm.passphrase", "published vm.manifest.json", "before publishing vm.qcow2"] {
+        for point in ["published vm.passphrase", "published vm.blockdigests", "published vm.manifest.json", "before publishing vm.qcow2"] {
             let run = try Self.create(scratch, force: true, environment: ["SEVIMAGE_FAULT": "\(point):\(signal)"])
             #expect(run.status == (signal == "KILL" ? SIGKILL : 128 + SIGTERM), "\(point): \(run)")
             if signal == "KILL" {
                 let next = try Self.create(scratch, output: "other.qcow2")
                 #expect(next.status == 0, "\(point): \(next)")
-                for name in ["other.manifest.json", "other.passphrase", "other.qcow2"] { unlink(scratch.file(name)) }
+                for name in ["other.blockdigests", "other.manifest.json", "other.passphrase", "other.qcow2"] { unlink(scratch.file(name)) }
             }
             #expect(try contents() == original, "\(point): the old set did not come back")
             #expect(Self.outputs(scratch.path) == names, "\(point): \(Self.outputs(scratch.path))")
@@ -152,7 +157,7 @@ struct ReliabilityInterruptTests {
         _ = workDirectory(".unrelated-Dead00", owner: true, hold: false)
         let run = try Self.create(scratch)
         #expect(run.status == 0, "\(run)")
-        #expect(Self.outputs(scratch.path) == [".sevimage-LiveOn", ".sevimage-Young0", ".unrelated-Dead00", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
+        #expect(Self.outputs(scratch.path) == [".sevimage-LiveOn", ".sevimage-Young0", ".unrelated-Dead00", "vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
 
     /// Issue 16: a rotate refused before its first change to the image (internal snapshots, a LUKS2 requirement

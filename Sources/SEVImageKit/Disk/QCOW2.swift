@@ -144,6 +144,12 @@ public final class QCOW2Image {
     /// or a cluster shared with an internal snapshot.
     public func checkWritable(count: Int, at offset: UInt64) throws { _ = try plan(count: count, at: offset) }
 
+    /// The host file's byte ranges that a write of `count` guest bytes at `offset` changes (and nothing else
+    /// in the file changes: writes never allocate). Refuses as `write` does.
+    public func hostRanges(count: Int, at offset: UInt64) throws -> [Range<UInt64>] {
+        try plan(count: count, at: offset).map { $0.host..<($0.host + UInt64($0.range.count)) }
+    }
+
     /// Where each piece of a guest write goes in the file.
     private func plan(count total: Int, at offset: UInt64) throws -> [(host: UInt64, range: Range<Int>)] {
         var plan: [(host: UInt64, range: Range<Int>)] = []

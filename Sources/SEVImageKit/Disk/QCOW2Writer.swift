@@ -285,11 +285,16 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     /// The finished file's `ImageDigest`, read back (from the page cache) while another thread flushes it to
     /// disk, so that the hash costs no time of its own when the flush is the slower of the two.
     public func digestWhileSyncing() throws -> [UInt8] {
+        try blockDigestsWhileSyncing().combined()
+    }
+
+    /// The same, as the block digests (`BlockDigests`) the digest combines.
+    func blockDigestsWhileSyncing() throws -> ImageDigest.Leaves {
         precondition(fileSize != nil, "QCOW2Writer: hash before finish")
         let flushing = BackgroundWork("sevimage image flush") { [file] in try file.sync() }
-        let digest = Result { try ImageDigest.of(file: path) }
+        let leaves = Result { try ImageDigest.leaves(of: path) }
         try flushing.wait().get()
-        return try digest.get()
+        return try leaves.get()
     }
 
     /// The data ranges of `file` outside `excluding`, at cluster granularity, without the clusters that are

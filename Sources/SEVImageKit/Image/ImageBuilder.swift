@@ -26,6 +26,7 @@ public struct CreateRequest: Sendable {
 
     public var manifestPath: String { Manifest.defaultPath(forImage: output) }
     public var passphrasePath: String { stem(output) + ".passphrase" }
+    public var blockDigestsPath: String { ImagePaths(image: output).blockDigests }
 }
 
 /// What `create` made.
@@ -64,7 +65,7 @@ public struct ImageBuilder {
         let outputLock = try OutputLock(output: request.output)
         defer { outputLock.release() }
         WorkDirectory.reapStale(near: request.output)
-        for path in [request.output, request.manifestPath] + (request.passphrase == nil ? [request.passphrasePath] : []) {
+        for path in [request.output, request.manifestPath, request.blockDigestsPath] + (request.passphrase == nil ? [request.passphrasePath] : []) {
             try OutputFiles.checkWritable(path, force: request.force)
         }
         let firmware = try request.ovmf.map {
@@ -212,6 +213,10 @@ public struct ImageBuilder {
             try passphrase.write(toNewFile: passTemp)
             try publish(passTemp, as: request.passphrasePath)
         }
+        // The block digests before the manifest that covers them, so that a key operation finds them trusted.
+        let digestsTemp = scratch.file("blockdigests")
+        try encryption.blockDigests.withUnsafeBytes { try OutputFiles.writeNew($0, to: digestsTemp, mode: 0o644) }
+        try publish(digestsTemp, as: request.blockDigestsPath)
         try publish(manifestTemp, as: request.manifestPath)
         // The image holds no secret in the clear: readable as any new file is (0666 less the umask), like qemu-img's.
         let mask = umask(0)

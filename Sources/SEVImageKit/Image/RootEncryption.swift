@@ -150,8 +150,12 @@ final class RootEncryption: @unchecked Sendable {
             let start = max(range.lowerBound, dataSegment.lowerBound), end = min(range.upperBound, dataSegment.upperBound)
             return total + (start < end ? end - start : 0)
         }
+        blockDigests = leaves.bytes
         return (encrypted, leaves.combined())
     }
+
+    /// After `complete`: every block's digest, back to back (the sidecar `BlockDigests` keeps beside the image).
+    private(set) var blockDigests: [UInt8] = []
 
     // MARK: Chunks and clusters
 

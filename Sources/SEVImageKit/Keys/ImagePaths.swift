@@ -4,6 +4,8 @@ import Foundation
 ///
 ///     vm.qcow2                          the image
 ///     vm.manifest.json                  its manifest (no secrets)
+///     vm.blockdigests                   the SHA-256 of each 64 KiB block of vm.qcow2 (BlockDigests; the
+///                                       manifest's image digest is their SHA-256)
 ///     vm.passphrase                     the current SEV passphrase (0600)
 ///     vm.passphrase.new                 the next passphrase, while a rotation or re-encryption runs
 ///     vm.passphrase.old                 the previous one, with --keep-old-passphrase
@@ -17,6 +19,7 @@ public struct ImagePaths: Sendable {
 
     public var manifest: String { Manifest.defaultPath(forImage: image) }
     public var passphrase: String { stem(image) + ".passphrase" }
+    public var blockDigests: String { stem(image) + ".blockdigests" }
     public var newPassphrase: String { passphrase + ".new" }
     public var oldPassphrase: String { passphrase + ".old" }
     public var journal: String { image + ".sevimage-journal" }
@@ -24,7 +27,7 @@ public struct ImagePaths: Sendable {
     public var reencryptDirectory: String { image + ".sevimage-reencrypt" }
 
     /// The endings of the files that go with an image: an image must not be named like one of them.
-    public static let companionSuffixes = [".passphrase", ".passphrase.new", ".passphrase.old", ".manifest.json",
+    public static let companionSuffixes = [".passphrase", ".passphrase.new", ".passphrase.old", ".manifest.json", ".blockdigests",
                                            ".sevimage-journal", ".sevimage-rotate", ".sevimage-reencrypt", ".sevimage-lock"]
 
     /// Refuses an image named like a companion file, and an image whose files are not all distinct
@@ -35,7 +38,8 @@ public struct ImagePaths: Sendable {
             throw GeneralError.invalidArgument("image \(image) is named like the \(suffix) file that goes with an image; give it another name (such as \(PathName.stem(name)).qcow2)")
         }
         let paths = ImagePaths(image: image)
-        try PathName.requireDistinct([("image", image), ("manifest", paths.manifest), ("passphrase file", paths.passphrase),
+        try PathName.requireDistinct([("image", image), ("manifest", paths.manifest), ("block digests", paths.blockDigests),
+                                      ("passphrase file", paths.passphrase),
                                       ("new passphrase file", paths.newPassphrase), ("old passphrase file", paths.oldPassphrase),
                                       ("header journal", paths.journal), ("rotation state", paths.rotationState),
                                       ("re-encryption directory", paths.reencryptDirectory)] + extra)
@@ -47,7 +51,7 @@ public struct ImagePaths: Sendable {
     /// Removes what a killed run may have left that no step needs: temporary names of durable replacements
     /// (one may hold a passphrase) and private header copies. Call it holding the image's lock.
     func removeLeftovers() {
-        for path in [passphrase, journal, rotationState, manifest] { unlink(path + ".tmp") }
+        for path in [passphrase, journal, rotationState, manifest, blockDigests] { unlink(path + ".tmp") }
         let directory = PathName.directory(of: image)
         let parent = directory.isEmpty ? "." : directory
         let prefix = "." + workspacePurpose + "-"

@@ -9,8 +9,6 @@ public struct RotateRequest: Sendable {
     public var newPassphrase: Passphrase?
     /// Keep the replaced `IMAGE.passphrase` as `IMAGE.passphrase.old`.
     public var keepOldPassphrase = false
-    /// Recompute the manifest's image digest (the only step whose cost grows with the image's data).
-    public var rehash = true
 
     public init(image: String, passphrase: Passphrase) {
         self.image = image
@@ -34,6 +32,9 @@ public struct RotateResult: Sendable, Codable {
     /// The whole run, and the part spent hashing the image for the manifest.
     public var seconds: Double
     public var hashSeconds: Double
+    /// Bytes of the image read and hashed for the manifest's digest: the LUKS header area's blocks with a
+    /// sidecar the manifest covers (`BlockDigests`), the whole file without one.
+    public var hashedBytes: UInt64
 }
 
 /// The state of a rotation in progress, next to the image as `IMAGE.sevimage-rotate` (no secrets).
@@ -57,7 +58,8 @@ struct RotationState: Codable {
 ///     3. add a PBKDF2 keyslot      journaled header write (HeaderJournal)
 ///     4. IMAGE.passphrase          replaced atomically by the new one (the old one kept as .old if asked)
 ///     5. destroy the old keyslot   journaled header write
-///     6. manifest                  keyslots, a rotation record, the image's new digest
+///     6. manifest                  IMAGE.blockdigests patched (DigestRefresh), then keyslots, a rotation
+///                                  record and the image's new digest
 ///     7. remove .new, then the state file
 public struct KeyRotation {
     public static let volumeKeyNote = "rotation replaced the passphrase's keyslot but kept the volume key that encrypts the data: "
@@ -198,20 +200,15 @@ public struct KeyRotation {
             workspace = try area.workspace()
         }
 
-        // 6. The manifest.
-        var hashSeconds = 0.0
+        // 6. The block digests and the manifest.
+        var hashSeconds = 0.0, hashedBytes: UInt64 = 0
         if let manifest = area.manifest {
-            var digest: [UInt8]?
-            if request.rehash {
-                progress.step("hashing the image for the manifest")
-                let hashStart = Date()
-                digest = try ImageDigest.of(file: request.image)
-                hashSeconds = Date().timeIntervalSince(hashStart)
-            }
+            let refresh = try DigestRefresh.afterHeaderChange(area: area, manifest: manifest, paths: paths, progress: progress)
+            (hashSeconds, hashedBytes) = (refresh.seconds, refresh.hashedBytes)
             try ManifestUpdate.write(manifest, path: area.manifestPath, keyslots: workspace.device.keyslots,
                                      roles: [newSlot: state.role],
                                      record: .init(kind: "rotate", at: iso8601(Date()), removedKeyslots: state.oldKeyslots, addedKeyslots: [newSlot]),
-                                     imageDigest: digest, passphraseFile: PathName.name(of: paths.passphrase))
+                                     imageDigest: refresh.digest, passphraseFile: PathName.name(of: paths.passphrase))
         }
 
         // 7. Clean up: .new first (a rerun then finds the new passphrase in IMAGE.passphrase), the state last.
@@ -223,7 +220,7 @@ public struct KeyRotation {
         return RotateResult(image: request.image, passphraseFile: paths.passphrase, oldPassphraseFile: oldBackup,
                             manifest: area.manifest == nil ? nil : area.manifestPath, addedKeyslot: newSlot,
                             removedKeyslots: state.oldKeyslots, resumed: resumed, volumeKeyKept: true, note: Self.volumeKeyNote,
-                            seconds: Date().timeIntervalSince(started), hashSeconds: hashSeconds)
+                            seconds: Date().timeIntervalSince(started), hashSeconds: hashSeconds, hashedBytes: hashedBytes)
     }
 }
 

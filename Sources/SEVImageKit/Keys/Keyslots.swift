@@ -24,6 +24,8 @@ public struct KeyslotChange: Sendable, Codable {
     public var added: Int?
     public var removed: Int?
     public var keyslots: [KeyslotEntry]
+    /// Bytes of the image read and hashed for the manifest's digest (see `RotateResult.hashedBytes`); nil without a manifest.
+    public var hashedBytes: UInt64?
 }
 
 /// `sevimage keys list|add|remove`: keyslots of an image's LUKS header, changed in place through the journal.
@@ -55,10 +57,10 @@ public enum Keyslots {
         }
         try HeaderJournal.commit(update, area: area, paths: paths)
         workspace = try area.workspace()
-        try updateManifest(area, workspace, roles: [added: role],
-                           record: .init(kind: "keys-add", at: iso8601(Date()), removedKeyslots: [], addedKeyslots: [added]))
+        let hashed = try updateManifest(area, workspace, paths, progress, roles: [added: role],
+                                        record: .init(kind: "keys-add", at: iso8601(Date()), removedKeyslots: [], addedKeyslots: [added]))
         progress.step("added keyslot \(added) (\(role)) to \(image)")
-        return KeyslotChange(image: image, added: added, removed: nil, keyslots: entries(workspace, area, roles: [added: role]))
+        return KeyslotChange(image: image, added: added, removed: nil, keyslots: entries(workspace, area, roles: [added: role]), hashedBytes: hashed)
     }
 
     /// Removes keyslot `slot`; `passphrase` must open another keyslot, which stays.
@@ -75,9 +77,9 @@ public enum Keyslots {
         let update = try workspace.change { try $0.destroyKeyslot(slot) }
         try HeaderJournal.commit(update, area: area, paths: paths)
         workspace = try area.workspace()
-        try updateManifest(area, workspace, roles: [:],
-                           record: .init(kind: "keys-remove", at: iso8601(Date()), removedKeyslots: [slot], addedKeyslots: []))
-        return KeyslotChange(image: image, added: nil, removed: slot, keyslots: entries(workspace, area))
+        let hashed = try updateManifest(area, workspace, paths, progress, roles: [:],
+                                        record: .init(kind: "keys-remove", at: iso8601(Date()), removedKeyslots: [slot], addedKeyslots: []))
+        return KeyslotChange(image: image, added: nil, removed: slot, keyslots: entries(workspace, area), hashedBytes: hashed)
     }
 
     private static func open(_ image: String) throws -> (ImageLock, ImageHeaderArea, ImagePaths) {
@@ -94,11 +96,14 @@ public enum Keyslots {
         return (lock, area, paths)
     }
 
-    private static func updateManifest(_ area: ImageHeaderArea, _ workspace: HeaderWorkspace, roles: [Int: String],
-                                       record: Manifest.Rotation) throws {
-        guard let manifest = area.manifest else { return }
+    /// The block digests and the manifest; returns the bytes hashed for the digest (nil without a manifest).
+    private static func updateManifest(_ area: ImageHeaderArea, _ workspace: HeaderWorkspace, _ paths: ImagePaths, _ progress: Progress,
+                                       roles: [Int: String], record: Manifest.Rotation) throws -> UInt64? {
+        guard let manifest = area.manifest else { return nil }
+        let refresh = try DigestRefresh.afterHeaderChange(area: area, manifest: manifest, paths: paths, progress: progress)
         try ManifestUpdate.write(manifest, path: area.manifestPath, keyslots: workspace.device.keyslots, roles: roles,
-                                 record: record, imageDigest: try ImageDigest.of(file: area.image), passphraseFile: nil)
+                                 record: record, imageDigest: refresh.digest, passphraseFile: nil)
+        return refresh.hashedBytes
     }
 
     private static func entries(_ workspace: HeaderWorkspace, _ area: ImageHeaderArea, roles: [Int: String] = [:]) -> [KeyslotEntry] {

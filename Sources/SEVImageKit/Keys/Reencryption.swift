@@ -46,10 +46,12 @@ struct ReencryptReady: Codable {
 ///        image.qcow2                 the new image (QCOW2Writer): the original's clusters, GPT and ESP copied,
 ///                                    a new LUKS header, the data re-encrypted; holes stay holes
 ///        passphrase, manifest.json   the new passphrase (0600) and manifest
+///        blockdigests                the new image's block digests (BlockDigests), with the manifest
 ///        ready.json                  written last: the new image is complete
 ///
 /// Then, each step durable before the next: IMAGE.passphrase.new, rename image.qcow2 over IMAGE (the
-/// commit point), IMAGE.passphrase.new over IMAGE.passphrase, the manifest, and the work directory goes.
+/// commit point), IMAGE.passphrase.new over IMAGE.passphrase, IMAGE.blockdigests, the manifest, and the work
+/// directory goes.
 /// Killed before the commit point, the original image and passphrase are untouched (a rerun removes an
 /// unfinished work directory and starts again, or resumes from ready.json); killed after it, the new
 /// passphrase is in IMAGE.passphrase.new and a rerun finishes publishing. Only the clusters the image
@@ -142,6 +144,11 @@ public struct Reencryption {
             oldBackup = paths.oldPassphrase
         }
         var manifestPath: String?
+        // The block digests before the manifest that covers them.
+        if ImagePaths.exists(work + "/blockdigests") {
+            try OutputFiles.publish(work + "/blockdigests", as: paths.blockDigests, replace: true)
+            CrashPoint.durable("block digests in place")
+        }
         if ImagePaths.exists(work + "/manifest.json") {
             try OutputFiles.publish(work + "/manifest.json", as: paths.manifest, replace: true)
             CrashPoint.durable("manifest in place")
@@ -228,7 +235,8 @@ public struct Reencryption {
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
                                  target: output, renewal: renewal, progress: progress.meter("re-encrypting", total: total))
         try output.finish()
-        let imageDigest = try output.digestWhileSyncing()
+        let leaves = try output.blockDigestsWhileSyncing()
+        let imageDigest = leaves.combined()
         unlink(headerPath)
         // The new file takes the original's mode and, where allowed, its owner (a VM manager may own the image).
         var original = stat()
@@ -257,6 +265,7 @@ public struct Reencryption {
             updated.rotations.append(.init(kind: "reencrypt", at: iso8601(Date()), removedKeyslots: oldSlots.map(\.slot),
                                            addedKeyslots: [newSlot] + (initramfsSlot.map { [$0] } ?? [])))
             updated.secret.passphraseFile = PathName.name(of: paths.passphrase)
+            try DurableFile.replace(work + "/blockdigests", with: Data(leaves.bytes))
             try DurableFile.replace(work + "/manifest.json", with: try updated.encoded())
         }
         let ready = ReencryptReady(headerSHA256: hex(Crypto.sha256(headerBytes)), droppedKeyslots: dropped,

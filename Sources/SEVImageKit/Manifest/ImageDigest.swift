@@ -20,9 +20,19 @@ public enum ImageDigest {
 
     /// The digest of a file, read and hashed on every core.
     public static func of(file path: String) throws -> [UInt8] {
+        try leaves(of: path).combined()
+    }
+
+    /// How many blocks a file of `size` bytes has.
+    public static func blockCount(size: UInt64) -> Int {
+        Int((size + UInt64(blockSize) - 1) / UInt64(blockSize))
+    }
+
+    /// The block digests of a file, read and hashed on every core.
+    static func leaves(of path: String) throws -> Leaves {
         let file = try RawFile(path: path, writable: false)
         let size = file.size
-        let blocks = Int((size + UInt64(blockSize) - 1) / UInt64(blockSize))
+        let blocks = blockCount(size: size)
         let leaves = Leaves(count: blocks)
         let piecesPerRead = 16
         let queue = WorkQueue(Array(stride(from: 0, to: blocks, by: piecesPerRead)))
@@ -45,7 +55,7 @@ public enum ImageDigest {
             }
         }
         if let error = queue.error { throw error }
-        return leaves.combined()
+        return leaves
     }
 
     /// Block digests filled in by several threads, each block by one of them.
@@ -75,5 +85,8 @@ public enum ImageDigest {
         func combined() -> [UInt8] {
             Crypto.sha256(UnsafeRawBufferPointer(rebasing: storage[0..<(count * ImageDigest.leafSize)]))
         }
+
+        /// The block digests back to back: what `BlockDigests` keeps beside the image.
+        var bytes: [UInt8] { Array(UnsafeRawBufferPointer(rebasing: storage[0..<(count * ImageDigest.leafSize)])) }
     }
 }

@@ -87,9 +87,13 @@ public struct ImageVerifier {
             checks.append(VerificationCheck(name: name, status: e == a ? .pass : .fail, expected: e, actual: a ?? "nothing", note: note))
         }
 
-        // The file and its container.
-        let digest = try manifest.image.digests(of: imagePath)
-        compare(digest.name, digest.expected, digest.actual)
+        // The file and its container: every byte, and the block digests beside it.
+        if let blockSHA256 = manifest.image.blockSHA256 {
+            checks += try digestChecks(blockSHA256: blockSHA256)
+        } else {
+            let digest = try manifest.image.digests(of: imagePath)
+            compare(digest.name, digest.expected, digest.actual)
+        }
         compare("image format", manifest.image.format, inspection.format)
         compare("virtual size", manifest.image.virtualSize, inspection.virtualSize)
 
@@ -142,6 +146,34 @@ public struct ImageVerifier {
 
         let failures = checks.filter { $0.status == .fail }.count
         return VerificationReport(image: imagePath, manifest: manifestPath, passed: failures == 0, failures: failures, checks: checks)
+    }
+
+    /// The image digest over the whole file, and the sidecar (`BlockDigests`) against the manifest when there is
+    /// one; a digest mismatch with a trusted sidecar names the first block that differs.
+    private func digestChecks(blockSHA256: String) throws -> [VerificationCheck] {
+        let leaves = try ImageDigest.leaves(of: imagePath)
+        let actual = leaves.bytes
+        let sidecarPath = ImagePaths(image: imagePath).blockDigests
+        let name = PathName.name(of: sidecarPath)
+        let sidecar = try BlockDigests.read(sidecarPath)
+        let fileSize = try RawFile(path: imagePath, writable: false).size
+        let problem = BlockDigests.problem(sidecar, blockSHA256: blockSHA256, fileSize: fileSize)
+        let expected = blockSHA256.lowercased(), found = hex(leaves.combined())
+        var note: String?
+        if expected != found, problem == nil, let sidecar, let block = BlockDigests.firstDifference(sidecar, actual) {
+            let start = UInt64(block) * UInt64(ImageDigest.blockSize)
+            note = "block \(block) (file bytes \(start)-\(min(fileSize, start + UInt64(ImageDigest.blockSize)) - 1)) differs from \(name) first"
+        }
+        var checks = [VerificationCheck(name: "image digest", status: expected == found ? .pass : .fail, expected: expected, actual: found, note: note)]
+        if sidecar == nil {
+            checks.append(VerificationCheck(name: "block digests", status: .skipped,
+                                            note: "no \(name) beside the image (an earlier sevimage's); a key operation writes one"))
+        } else {
+            checks.append(VerificationCheck(name: "block digests", status: problem == nil ? .pass : .fail,
+                                            expected: "\(name) whose SHA-256 is the image digest, \(ImageDigest.blockCount(size: fileSize)) digests",
+                                            actual: problem.map { "\(name): \($0)" } ?? "\(name): \(ImageDigest.blockCount(size: fileSize)) digests"))
+        }
+        return checks
     }
 
     private func keyslotText(_ slots: [(Int, String, String, UInt32)]) -> String {

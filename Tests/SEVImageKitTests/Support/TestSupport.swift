@@ -128,3 +128,25 @@ func oracleImageDigests(_ paths: [String]) throws -> [String] {
 }
 
 func oracleImageDigest(_ path: String) throws -> String { try oracleImageDigests([path])[0] }
+
+/// The block digests of a file, back to back, as `Tests/Oracles/image_digest.py --blocks` computes them: what
+/// `IMAGE.blockdigests` must hold byte for byte.
+func oracleBlockDigests(_ path: String) throws -> Data {
+    let result = try runProgram(python3, [repositoryRoot.path + "/Tests/Oracles/image_digest.py", "--blocks", path])
+    guard result.status == 0 else { throw GeneralError.invalidArgument("image_digest.py --blocks: \(result.stderr)") }
+    return result.stdoutData
+}
+
+/// After a key operation: `verify` passes, and the manifest's digest and the sidecar beside the image are the
+/// independent oracle's over the whole file (the sidecar's SHA-256 is the manifest's digest).
+func expectDigestsHold(image: String, _ label: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let manifestPath = Manifest.defaultPath(forImage: image)
+    let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: manifestPath)), path: manifestPath)
+    let oracle = try oracleImageDigest(image)
+    #expect(manifest.image.blockSHA256 == oracle, "\(label): the manifest's digest is not the oracle's", sourceLocation: sourceLocation)
+    let sidecar = try Data(contentsOf: URL(fileURLWithPath: ImagePaths(image: image).blockDigests))
+    #expect(sameBytes(sidecar, try oracleBlockDigests(image)), "\(label): the block digests are not the oracle's", sourceLocation: sourceLocation)
+    #expect(hex(Crypto.sha256(sidecar)) == oracle, "\(label)", sourceLocation: sourceLocation)
+    let verify = try sevimage(["verify", image])
+    #expect(verify.status == 0 && verify.stderr.contains("pass  block digests"), "\(label): \(verify)", sourceLocation: sourceLocation)
+}

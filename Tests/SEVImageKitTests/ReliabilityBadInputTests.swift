@@ -437,6 +437,36 @@ struct ReliabilityBadInputTests {
         }
     }
 
+    /// A LUKS2 header with 512-byte sectors (not sevimage's layout, but a valid one) in place of the image's:
+    /// `verify --passphrase-file` read past a 512-byte buffer and trapped; now it reports, as do keys and rotate.
+    @Test(.enabled(if: hasTool("cryptsetup") && hasTool("qemu-img"), "needs cryptsetup-bin and qemu-utils"))
+    func headerWith512ByteSectors() throws {
+        let scratch = try Scratch()
+        try makeRichTree(at: scratch.file("tree"), owners: false)
+        let image = scratch.file("vm.qcow2"), passphrase = scratch.file("vm.passphrase")
+        let created = try sevimage(["create", "--rootfs", scratch.file("tree"), "--output", image, "--size", "128M", "--quiet"])
+        try #require(created.status == 0, "\(created)")
+        let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
+        let start = manifest.partitions[1].firstLBA * 512, size = (manifest.partitions[1].lastLBA + 1) * 512 - start
+        let raw = scratch.file("vm.raw"), partition = scratch.file("root.part")
+        try runChecked("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", image, raw])
+        try runChecked("dd", ["if=\(raw)", "of=\(partition)", "bs=512", "skip=\(start / 512)", "count=\(size / 512)", "status=none"])
+        try runChecked("cryptsetup", ["luksFormat", "--batch-mode", "--type", "luks2", "--sector-size", "512", "--pbkdf", "pbkdf2",
+                                      "--pbkdf-force-iterations", "1000", "--key-file", passphrase, partition])
+        try runChecked("dd", ["if=\(partition)", "of=\(raw)", "bs=512", "seek=\(start / 512)", "conv=notrunc", "status=none"])
+        unlink(image)
+        try runChecked("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, image])
+        // verify: the header is not the manifest's (sector size, digest), said in its report; no trap.
+        let verify = try sevimage(["verify", image, "--passphrase-file", passphrase])
+        #expect(verify.status == ExitStatus.verificationFailed.rawValue && verify.stderr.contains("sector"), "\(verify)")
+        // keys and rotate may work on any valid LUKS2 header; whatever they do, they do not trap.
+        for arguments in [["keys", "list", image], ["rotate", image, "--passphrase-file", passphrase, "--quiet"]] {
+            let result = try sevimage(arguments)
+            #expect(result.status == 0 || result.stderr.hasPrefix("sevimage: error: "), "\(arguments[0]): \(result)")
+        }
+        for text in [verify.stderr] { #expect(!text.contains("Fatal error") && !text.contains("Backtrace"), "\(text)") }
+    }
+
     /// A manifest that does not describe the image: verify fails with exit 4 and names the first mismatch.
     @Test func manifestOfAnotherImageFailsVerify() throws {
         let scratch = try Scratch()

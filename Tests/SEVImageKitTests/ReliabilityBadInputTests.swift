@@ -262,6 +262,25 @@ struct ReliabilityBadInputTests {
         #expect(df.split(separator: "\n").last.flatMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }.map { $0 < 1 << 20 } == true, "\(df)")
     }
 
+    /// Whichever child meets the full disk first (mkfs.vfat "failed whilst writing FAT", grub-mkstandalone, mke2fs),
+    /// its failure is reported as what it is: no space left, and where.
+    @Test(.enabled(if: getuid() == 0, "mounts a tmpfs"))
+    func aToolFailingOnAFullDiskSaysSo() throws {
+        let scratch = try Scratch()
+        let small = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: false)
+        try runChecked("mount", ["-t", "tmpfs", "-o", "size=1M", "tmpfs", small])
+        defer { _ = try? runProgram("umount", [small]) }
+        _ = try? runProgram("dd", ["if=/dev/zero", "of=\(small)/fill", "bs=64k", "status=none"])
+        func failure() -> String {
+            do { try ExternalTool("false", package: "coreutils").run([small + "/out.fat"]) } catch { return "\(error)" }
+            return "no error"
+        }
+        #expect(failure() == "cannot write false's output in \(small): no space left on device")
+        unlink(small + "/fill")
+        #expect(failure() == "false failed with status 1")
+    }
+
     /// reencrypt on a nearly full filesystem (a tmpfs the size of the image plus 0.2 to 40 MB, so that each of its
     /// writes is the one that fails in some row): one line naming the operation, the path and ENOSPC, exit 1, and the
     /// image, its manifest and passphrase as they were. A Foundation error (NSCocoaErrorDomain Code=640) used to

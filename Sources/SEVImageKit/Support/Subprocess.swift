@@ -48,9 +48,25 @@ public struct ExternalTool: Sendable {
                     currentDirectory: String? = nil) throws -> Output {
         let output = try runUnchecked(arguments, environment: environment, input: input, currentDirectory: currentDirectory)
         guard output.status == 0 else {
+            if let full = Self.fullDirectory(among: arguments) {
+                // Each tool words a full disk its own way ("failed whilst writing FAT"); say what happened.
+                throw GeneralError.io("write \(name)'s output in", path: full, errno: ENOSPC)
+            }
             throw GeneralError.toolFailed(name, status: output.status, stderr: output.stderrText)
         }
         return output
+    }
+
+    /// The directory of a path argument whose filesystem has no room left (less than 64 KiB), if any.
+    static func fullDirectory(among arguments: [String]) -> String? {
+        for argument in arguments where argument.hasPrefix("/") {
+            let path = argument.split(separator: "=").last.map(String.init) ?? argument
+            let directory = PathName.directory(of: path)
+            if FileManager.default.fileExists(atPath: directory), let free = try? FreeSpace.available(in: directory), free < 64 << 10 {
+                return directory
+            }
+        }
+        return nil
     }
 
     /// Runs the tool to completion and returns whatever status it ended with.

@@ -76,7 +76,7 @@ public struct InitramfsKeyfile: Sendable {
 
     /// The unlock archive's bytes. Secret: the caller wipes them.
     func unlockArchive(luksUUID: String, mtime: Int64) -> SecretBytes {
-        let key = self.key.withUnsafeBytes { Array($0) }
+        var key = self.key.withUnsafeBytes { Array($0) }  // wiped below, with the archive
         var archive = Cpio.archive([
             .init(path: "cryptroot", mode: UInt32(S_IFDIR) | 0o755),
             .init(path: "cryptroot/crypttab", mode: UInt32(S_IFREG) | 0o644, data: Array((Self.crypttabLine(luksUUID: luksUUID) + "\n").utf8)),
@@ -88,8 +88,7 @@ public struct InitramfsKeyfile: Sendable {
         ], mtime: mtime)
         defer {
             archive.withUnsafeMutableBytes { wipe($0) }
-            var copy = key
-            copy.withUnsafeMutableBytes { wipe($0) }
+            key.withUnsafeMutableBytes { wipe($0) }
         }
         return SecretBytes(archive[...])
     }

@@ -615,7 +615,7 @@ struct ReliabilityBadInputTests {
                         setup: { scratch in
                             let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch + "/vm.manifest.json")), path: "manifest")
                             let root = try #require(manifest.partitions.first { $0.role == "root" })
-                            try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/luks_kdf.py", scratch + "/vm.qcow2", String(root.firstLBA * 512), "0", json])
+                            try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/luks_metadata.py", scratch + "/vm.qcow2", String(root.firstLBA * 512), "kdf", "0", json])
                         },
                         status: 2, message: "the passphrase opens no other keyslot of vm.qcow2, and keyslot 0 was not tried: it asks for \(cost)")
     }

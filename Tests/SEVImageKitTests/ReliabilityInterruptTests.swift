@@ -174,7 +174,7 @@ struct ReliabilityInterruptTests {
             try runChecked("qemu-img", ["snapshot", "-c", "before", image])
         } else {
             let manifest = try Manifest.decode(Data(contentsOf: URL(fileURLWithPath: scratch.file("vm.manifest.json"))), path: "manifest")
-            try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/luks_requirement.py", image, String(manifest.partitions[1].firstLBA * 512)])
+            try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/luks_metadata.py", image, String(manifest.partitions[1].firstLBA * 512), "requirement"])
         }
         let listing = Self.outputs(scratch.path)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: image))

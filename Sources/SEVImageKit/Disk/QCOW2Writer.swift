@@ -57,6 +57,9 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
         for range in mergeRanges(allocated) { allocate(range) }
     }
 
+    /// The host cluster number the next allocation would get: every allocated cluster lies below it.
+    public var allocatedClusterEnd: UInt64 { lock.withLock { nextCluster } }
+
     /// Length of the finished file (header, data clusters and metadata); nil before `finish`.
     public var fileSize: UInt64? { lock.withLock { finishedSize } }
 
@@ -285,16 +288,11 @@ public final class QCOW2Writer: PositionalWriter, @unchecked Sendable {
     /// The finished file's `ImageDigest`, read back (from the page cache) while another thread flushes it to
     /// disk, so that the hash costs no time of its own when the flush is the slower of the two.
     public func digestWhileSyncing() throws -> [UInt8] {
-        try blockDigestsWhileSyncing().combined()
-    }
-
-    /// The same, as the block digests (`BlockDigests`) the digest combines.
-    func blockDigestsWhileSyncing() throws -> ImageDigest.Leaves {
         precondition(fileSize != nil, "QCOW2Writer: hash before finish")
         let flushing = BackgroundWork("sevimage image flush") { [file] in try file.sync() }
-        let leaves = Result { try ImageDigest.leaves(of: path) }
+        let digest = Result { try ImageDigest.of(file: path) }
         try flushing.wait().get()
-        return try leaves.get()
+        return try digest.get()
     }
 
     /// The data ranges of `file` outside `excluding`, at cluster granularity, without the clusters that are

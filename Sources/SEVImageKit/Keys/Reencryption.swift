@@ -225,17 +225,22 @@ public struct Reencryption {
         let allocated = try area.qcow.allocatedRanges()
         let headerArea = area.rootOffset..<(area.rootOffset + LUKSLayout.headerSize)
         let output = try QCOW2Writer(creating: qcowPath, virtualSize: area.qcow.virtualSize, allocated: mergeRanges(allocated + [headerArea]))
+        // Each cluster's block digest is taken as it is written: nothing is read back but the QCOW2's metadata.
+        let digests = WrittenClusterDigests(writer: output)
         let root = area.rootOffset..<(area.rootOffset + area.rootSize)
-        try copy(subtract(allocated, [root]), from: area.qcow, to: output)
-        try headerBytes.withUnsafeBytes { try output.write($0, at: area.rootOffset) }
+        try copy(subtract(allocated, [root]), from: area.qcow, to: output, digests: digests)
+        try headerBytes.withUnsafeBytes {
+            try output.write($0, at: area.rootOffset)
+            digests.record($0, atGuest: area.rootOffset)
+        }
         let dataStart = area.rootOffset + LUKSLayout.headerSize
         let data = intersect(allocated, [dataStart..<root.upperBound])
         let total = data.reduce(UInt64(0)) { $0 + UInt64($1.count) }
         progress.step("re-encrypting \(readableSize(total)) of allocated data into a new QCOW2")
         try DataReencryption.run(image: request.image, ranges: data, dataStart: dataStart, oldKey: oldKey, newKey: newKey,
-                                 target: output, renewal: renewal, progress: progress.meter("re-encrypting", total: total))
+                                 target: output, digests: digests, renewal: renewal, progress: progress.meter("re-encrypting", total: total))
         try output.finish()
-        let leaves = try output.blockDigestsWhileSyncing()
+        let leaves = try digests.leavesWhileSyncing()
         let imageDigest = leaves.combined()
         unlink(headerPath)
         // The new file takes the original's mode and, where allowed, its owner (a VM manager may own the image).
@@ -277,8 +282,8 @@ public struct Reencryption {
         return ready
     }
 
-    /// Copies guest ranges of the image verbatim into the raw disk.
-    private func copy(_ ranges: [Range<UInt64>], from qcow: QCOW2Image, to raw: some PositionalWriter) throws {
+    /// Copies guest ranges of the image verbatim into the new image.
+    private func copy(_ ranges: [Range<UInt64>], from qcow: QCOW2Image, to output: QCOW2Writer, digests: WrittenClusterDigests) throws {
         let chunk: UInt64 = 1 << 20
         var buffer = [UInt8](repeating: 0, count: Int(chunk))
         for range in ranges {
@@ -286,7 +291,11 @@ public struct Reencryption {
             while position < range.upperBound {
                 let count = Int(min(chunk, range.upperBound - position))
                 try buffer.withUnsafeMutableBytes { try qcow.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<count]), at: position) }
-                try buffer.withUnsafeBytes { try raw.write(UnsafeRawBufferPointer(rebasing: $0[0..<count]), at: position) }
+                try buffer.withUnsafeBytes {
+                    let piece = UnsafeRawBufferPointer(rebasing: $0[0..<count])
+                    try output.write(piece, at: position)
+                    digests.record(piece, atGuest: position)
+                }
                 position += UInt64(count)
             }
         }
@@ -296,7 +305,7 @@ public struct Reencryption {
 /// Decrypts sectors with the old volume key and encrypts them with the new one, on all cores.
 enum DataReencryption {
     static func run(image: String, ranges: [Range<UInt64>], dataStart: UInt64, oldKey: SecretBytes, newKey: SecretBytes,
-                    target: some PositionalWriter, renewal: InitramfsKeyRenewal? = nil,
+                    target: some PositionalWriter, digests: WrittenClusterDigests? = nil, renewal: InitramfsKeyRenewal? = nil,
                     progress: (@Sendable (UInt64) -> Void)?) throws {
         let sector = UInt64(LUKSLayout.sectorSize)
         let chunkSize: UInt64 = 1 << 20
@@ -343,6 +352,8 @@ enum DataReencryption {
                             offset += Int(sector)
                         }
                     }
+                    // The chunk's clusters as the new file holds them: the runs just written, zeros in its holes.
+                    digests?.record(UnsafeRawBufferPointer(slice), atGuest: chunk.lowerBound)
                     progress?(queue.finished(UInt64(chunk.count)))
                 }
             } catch {

@@ -81,6 +81,11 @@ public enum ImageDigest {
             withUnsafeBytes(of: digest) { (storage.baseAddress! + index * ImageDigest.leafSize).copyMemory(from: $0.baseAddress!, byteCount: ImageDigest.leafSize) }
         }
 
+        /// Copies a digest of `ImageDigest.leafSize` bytes as block `index`.
+        func set(_ index: Int, copying digest: UnsafeRawBufferPointer) {
+            (storage.baseAddress! + index * ImageDigest.leafSize).copyMemory(from: digest.baseAddress!, byteCount: ImageDigest.leafSize)
+        }
+
         /// The image digest: SHA-256 over the block digests, in file order.
         func combined() -> [UInt8] {
             Crypto.sha256(UnsafeRawBufferPointer(rebasing: storage[0..<(count * ImageDigest.leafSize)]))

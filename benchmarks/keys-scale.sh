@@ -162,4 +162,17 @@ for label, sizes in groups.items():
         base = base or median
         rss = max(k for _, k in values) / 1024
         print(f"| {label} | {size} | {len(times)} | {median:.3f} | {min(times):.3f}–{max(times):.3f} | {rss:.1f} | ×{median / base:.2f} |")
+
+def median(label, size):
+    values = groups.get(label, {}).get(size)
+    return statistics.median(t for t, _ in values) if values else None
+print()
+for size in groups.get("reencrypt", {}):
+    own, floor = median("reencrypt", size), median("read + write once", size)
+    if own and floor:
+        print(f"reencrypt / read + write once, {size}: {own / floor:.2f} (goal <= 1.5): {'met' if own <= 1.5 * floor else 'NOT MET'}")
+for size in groups.get("reencrypt (sevimage)", {}):
+    own, pipeline = median("reencrypt (sevimage)", size), median("reencrypt (pipeline)", size)
+    if own and pipeline:
+        print(f"reencrypt, pipeline / sevimage, {size}: {pipeline / own:.1f}x faster (goal >= 5): {'met' if pipeline >= 5 * own else 'NOT MET'}")
 PY

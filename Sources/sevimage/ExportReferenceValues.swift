@@ -68,7 +68,7 @@ struct ExportReferenceValues: ParsableCommand {
             FileHandle.standardOutput.write(data)
             return
         }
-        try OutputFiles.writeWhole(data, to: output, replace: force)
+        try OutputFiles.writeWhole(data, to: output, replace: force, inputs: [manifestPath, image])
         let count = format == .rvps ? values.digests(.sevSNP).count : values.digests.count
         if json {
             try printJSON(Summary(output: output, format: format.rawValue, manifest: manifestPath, launchDigests: count))

@@ -142,6 +142,7 @@ func jsonObject(_ data: Data) throws -> [String: Any] {
                 edit: { try Data("{\"schemaVersion\": 1}".utf8).write(to: URL(fileURLWithPath: $0.manifest)) }),
         Refusal(description: "--json without --output", arguments: ["--json"], phrase: "--json needs --output"),
         Refusal(description: "an existing output", arguments: ["--output", "EXISTING"], status: 3, phrase: "exists; pass --force to replace it"),
+        Refusal(description: "the manifest as the output", arguments: ["--output", "MANIFEST", "--force"], phrase: "an input of this command"),
     ]
 
     /// Each bad manifest or command line gets one line on stderr and its exit status, and writes nothing.
@@ -152,7 +153,8 @@ func jsonObject(_ data: Data) throws -> [String: Any] {
         let existing = fixture.scratch.file("existing.json")
         try Data("keep me\n".utf8).write(to: URL(fileURLWithPath: existing))
         let before = entries(of: fixture.scratch.path)
-        let arguments = refusal.arguments.map { $0 == "EXISTING" ? existing : $0 }
+        let manifestBytes = try Data(contentsOf: URL(fileURLWithPath: fixture.manifest))
+        let arguments = refusal.arguments.map { $0 == "EXISTING" ? existing : $0 == "MANIFEST" ? fixture.manifest : $0 }
         let run = try sevimage(["export", "reference-values", fixture.image] + arguments)
         #expect(run.status == refusal.status, "\(run)")
         #expect(run.stderr.contains(refusal.phrase), "\(run)")
@@ -162,6 +164,7 @@ func jsonObject(_ data: Data) throws -> [String: Any] {
         #expect(arguments.contains("--json") ? error?["exitStatus"] as? Int == Int(refusal.status) : run.stdout.isEmpty, "\(run)")
         #expect(entries(of: fixture.scratch.path) == before)
         #expect(try String(contentsOfFile: existing, encoding: .utf8) == "keep me\n")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: fixture.manifest)) == manifestBytes)
     }
 
     /// `--force` replaces an output; `--json` then reports what was written; a manifest with only SEV digests

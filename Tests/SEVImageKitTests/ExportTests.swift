@@ -265,6 +265,34 @@ func jsonObject(_ data: Data) throws -> [String: Any] {
         #expect(!entries(of: fixture.scratch.path).contains { $0.hasPrefix(".sevimage-export") })
     }
 
+    /// An image `create` made and linked to a firmware goes through both exports: the RVPS message holds the
+    /// SNP digest sev-snp-measure computes, and the disk umoci unpacks passes `sevimage verify` against the
+    /// image's own manifest.
+    @Test(.enabled(if: tools && hasSevSnpMeasure, "needs skopeo, umoci, qemu-img and sev-snp-measure"))
+    func aCreatedImageRoundTripsThroughTheContainer() throws {
+        let scratch = try Scratch()
+        let tree = scratch.file("tree"), ovmf = scratch.file("OVMF.fd"), image = scratch.file("vm.qcow2")
+        try makeRichTree(at: tree, owners: false)
+        try SyntheticOVMF().write(to: ovmf)
+        let created = try sevimage(["create", "--rootfs", tree, "--output", image, "--size", "128M", "--ovmf", ovmf, "--profile", "sev-snp", "--quiet"])
+        #expect(created.status == 0, "\(created)")
+        let values = scratch.file("values.json")
+        let exported = try sevimage(["export", "reference-values", image, "--output", values])
+        #expect(exported.status == 0, "\(exported)")
+        let oracle = try runChecked(python3, [repositoryRoot.path + "/Tests/Oracles/rvps_message.py", values, "--ovmf", ovmf,
+                                              "--vcpus", "1", "--vcpu-type", "EPYC-v4"])
+        let answer = try jsonObject(oracle.stdoutData)
+        #expect(answer["referenceValues"] as? [String: [String]] == answer["expected"] as? [String: [String]])
+
+        let out = scratch.file("out")
+        let run = try sevimage(["export", "containerdisk", image, "--output", out])
+        #expect(run.status == 0, "\(run)")
+        let bundle = scratch.file("bundle")
+        try runChecked("umoci", ["unpack", "--rootless", "--image", out + ":latest", bundle])
+        let verify = try sevimage(["verify", bundle + "/rootfs/disk/vm.qcow2", "--manifest", Manifest.defaultPath(forImage: image), "--ovmf", ovmf])
+        #expect(verify.status == 0 && verify.stderr.contains("pass  image digest"), "\(verify)")
+    }
+
     struct Refusal: CustomStringConvertible, Sendable {
         var description: String
         var arguments: [String] = []

@@ -10,6 +10,8 @@ runtime="libcryptsetup-dev libfdisk-dev libblkid-dev libssl-dev pkg-config
 test_packages="cryptsetup-bin fdisk util-linux python3 python3-pip mmdebstrap"
 # scripts/build-amdsev-ovmf.sh (the AmdSev OVMF tests): unpacking Debian's edk2 source and building it.
 test_packages="$test_packages dpkg-dev nasm acpica-tools uuid-dev build-essential"
+# export containerdisk's tests read the OCI layout with skopeo and unpack it with umoci.
+test_packages="$test_packages skopeo umoci"
 
 packages=$runtime
 [ "${1:-}" = "--test" ] && packages="$runtime $test_packages"

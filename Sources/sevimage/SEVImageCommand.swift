@@ -21,6 +21,7 @@ struct SEVImageCommand: ParsableCommand {
             Rotate.self,
             Reencrypt.self,
             KeysCommand.self,
+            ExportCommand.self,
         ]
     )
 }

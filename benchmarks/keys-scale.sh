@@ -11,7 +11,9 @@
 # reported as "first rotate"), then --runs times each, the page cache dropped before every run: `rotate`,
 # `keys add` (PBKDF2 1000 iterations: the KDF apart), `keys remove`; then `verify` once (it must pass);
 # and, for the sizes in --reencrypt-sizes, `reencrypt` --runs times and "read + write once" (cp of the
-# image and sync, the floor for anything that rewrites it). The image is removed before the next size.
+# image and sync, the floor for anything that rewrites it), also followed by the copy replacing the image
+# (mv: the old file's blocks freed, as they are when reencrypt publishes). The image is removed before the
+# next size.
 #
 # --pipeline DATA:DISK: an image holding DATA in a DISK disk, `reencrypt` against what a user would do
 # without sevimage: qemu-img convert -O raw, a loop device on the root partition (losetup -o/--sizelimit),
@@ -115,6 +117,9 @@ for size in $sizes; do
             measure reencrypt "$size" "$sevimage" reencrypt "$workdir/vm.qcow2" --passphrase-file "$workdir/vm.passphrase" --quiet
             measure "read + write once" "$size" sh -c "cp --sparse=always '$workdir/vm.qcow2' '$workdir/copy.qcow2' && sync '$workdir/copy.qcow2'"
             rm -f "$workdir/copy.qcow2"
+            # The same, then the copy (identical bytes) takes the image's place: the old file's blocks are freed,
+            # as reencrypt's replacement frees them (slow on a filesystem mounted with `discard`, as here).
+            measure "read + write once, replacing the image" "$size" sh -c "cp --sparse=always '$workdir/vm.qcow2' '$workdir/copy.qcow2' && sync '$workdir/copy.qcow2' && mv '$workdir/copy.qcow2' '$workdir/vm.qcow2' && sync '$workdir'"
         done
         measure verify "$size" "$sevimage" verify "$workdir/vm.qcow2"
     fi
@@ -168,9 +173,11 @@ def median(label, size):
     return statistics.median(t for t, _ in values) if values else None
 print()
 for size in groups.get("reencrypt", {}):
-    own, floor = median("reencrypt", size), median("read + write once", size)
-    if own and floor:
-        print(f"reencrypt / read + write once, {size}: {own / floor:.2f} (goal <= 1.5): {'met' if own <= 1.5 * floor else 'NOT MET'}")
+    own = median("reencrypt", size)
+    for floor_label in ("read + write once", "read + write once, replacing the image"):
+        floor = median(floor_label, size)
+        if own and floor:
+            print(f"reencrypt / {floor_label}, {size}: {own / floor:.2f} (goal <= 1.5): {'met' if own <= 1.5 * floor else 'NOT MET'}")
 for size in groups.get("reencrypt (sevimage)", {}):
     own, pipeline = median("reencrypt (sevimage)", size), median("reencrypt (pipeline)", size)
     if own and pipeline:

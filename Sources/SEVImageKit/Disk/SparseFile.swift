@@ -72,6 +72,23 @@ public final class RawFile: @unchecked Sendable {
         }
     }
 
+    /// Reads with a descriptor opened `O_DIRECT`: false (nothing guaranteed read) where the memory, the offset or
+    /// the length is not 4096-aligned, the filesystem refuses direct I/O, or the file ends early; the caller then
+    /// reads through the page cache.
+    static func readDirect(_ fd: Int32, path: String, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Bool {
+        guard Int(bitPattern: buffer.baseAddress) % 4096 == 0, offset % 4096 == 0, buffer.count % 4096 == 0 else { return false }
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EINVAL { return false }
+            guard n >= 0 else { throw GeneralError.io("read", path: path, errno: errno) }
+            if n == 0 { return false }
+            done += n
+        }
+        return true
+    }
+
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         var done = 0
         while done < buffer.count {

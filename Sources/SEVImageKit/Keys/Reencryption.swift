@@ -302,10 +302,11 @@ public struct Reencryption {
     }
 }
 
-/// Decrypts sectors with the old volume key and encrypts them with the new one, on all cores.
+/// Decrypts sectors with the old volume key and encrypts them with the new one, on all cores, reading and
+/// writing with O_DIRECT where the filesystem allows (no copy through the page cache on either side).
 enum DataReencryption {
     static func run(image: String, ranges: [Range<UInt64>], dataStart: UInt64, oldKey: SecretBytes, newKey: SecretBytes,
-                    target: some PositionalWriter, digests: WrittenClusterDigests? = nil, renewal: InitramfsKeyRenewal? = nil,
+                    target: QCOW2Writer, digests: WrittenClusterDigests? = nil, renewal: InitramfsKeyRenewal? = nil,
                     progress: (@Sendable (UInt64) -> Void)?) throws {
         let sector = UInt64(LUKSLayout.sectorSize)
         let chunkSize: UInt64 = 1 << 20
@@ -321,10 +322,12 @@ enum DataReencryption {
             }
         }
         let queue = WorkQueue(chunks)
-        let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+        // Reads bypass the page cache (the old data is read once and then replaced), so each read waits for the disk:
+        // two threads per core keep a read in flight while the other computes.
+        let threads = max(2, min(2 * ProcessInfo.processInfo.activeProcessorCount, 8))
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             do {
-                let reader = try QCOW2Image(path: image)
+                let reader = try QCOW2Image(path: image, directReads: true)
                 let decrypt = try XTSCipher(key: oldKey, encrypt: false)
                 let encrypt = try XTSCipher(key: newKey, encrypt: true)
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
@@ -346,7 +349,7 @@ enum DataReencryption {
                                 renewal.patch(UnsafeMutableRawBufferPointer(rebasing: run[at..<(at + Int(sector))]))
                             }
                             try encrypt.process(run, firstSector: first)
-                            try target.write(UnsafeRawBufferPointer(run), at: chunk.lowerBound + UInt64(offset))
+                            try target.write(UnsafeRawBufferPointer(run), at: chunk.lowerBound + UInt64(offset), direct: true)
                             offset = end
                         } else {
                             offset += Int(sector)

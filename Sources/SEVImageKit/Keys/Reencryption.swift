@@ -309,7 +309,9 @@ enum DataReencryption {
                     target: QCOW2Writer, digests: WrittenClusterDigests? = nil, renewal: InitramfsKeyRenewal? = nil,
                     progress: (@Sendable (UInt64) -> Void)?) throws {
         let sector = UInt64(LUKSLayout.sectorSize)
-        let chunkSize: UInt64 = 1 << 20
+        // 4 MiB per read and write: against 1 MiB, 8 GiB re-encrypted in 15-17 s instead of 20-30 s here
+        // (the virtual disk wants large direct I/Os; cp + sync of the same image took 21-23 s).
+        let chunkSize: UInt64 = 4 << 20
         var chunks: [Range<UInt64>] = []
         for range in ranges {
             // Whole sectors of the data segment.

@@ -12,6 +12,8 @@ test_packages="cryptsetup-bin fdisk util-linux python3 python3-pip mmdebstrap"
 test_packages="$test_packages dpkg-dev nasm acpica-tools uuid-dev build-essential"
 # export containerdisk's tests read the OCI layout with skopeo and unpack it with umoci.
 test_packages="$test_packages skopeo umoci"
+# export libvirt's tests validate the domain XML with virt-xml-validate (libvirt-clients; it runs xmllint).
+test_packages="$test_packages libvirt-clients libxml2-utils"
 
 packages=$runtime
 [ "${1:-}" = "--test" ] && packages="$runtime $test_packages"

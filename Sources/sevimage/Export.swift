@@ -9,6 +9,7 @@ struct ExportCommand: ParsableCommand {
         subcommands: [
             ExportReferenceValues.self,
             ExportContainerDisk.self,
+            ExportLibvirt.self,
         ]
     )
 }

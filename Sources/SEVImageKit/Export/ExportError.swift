@@ -1,6 +1,6 @@
 import Foundation
 
-/// Why `export reference-values` or `export containerdisk` refused or failed: one line each.
+/// Why `export reference-values`, `export containerdisk` or `export libvirt` refused or failed: one line each.
 public enum ExportError: SEVImageError, Equatable {
     /// The manifest names no firmware or no launch digest: there is nothing a verifier could expect.
     case noLaunchDigests(manifest: String)
@@ -14,12 +14,16 @@ public enum ExportError: SEVImageError, Equatable {
     case outputNotEmpty(String)
     /// The image is not the one the manifest describes: the exported disk would not be what its annotations claim.
     case imageMismatch(image: String, name: String, expected: String, actual: String)
+    /// The firmware file is not the one the manifest's launch digests were computed from.
+    case firmwareMismatch(path: String, manifest: String, what: String, expected: String, actual: String)
+    /// A value of the domain that cannot work as given (a policy, a vCPU count, a file).
+    case badDomain(String)
 
     public var exitStatus: ExitStatus {
         switch self {
-        case .noLaunchDigests, .noDigestForFormat, .badManifest, .badName: .invalidInput
+        case .noLaunchDigests, .noDigestForFormat, .badManifest, .badName, .badDomain: .invalidInput
         case .outputNotEmpty: .conflict
-        case .imageMismatch: .verificationFailed
+        case .imageMismatch, .firmwareMismatch: .verificationFailed
         }
     }
 
@@ -37,6 +41,10 @@ public enum ExportError: SEVImageError, Equatable {
             return "\(path) exists and is not an empty directory; give a new directory"
         case .imageMismatch(let image, let name, let expected, let actual):
             return "\(image) is not the image its manifest describes (\(name) \(actual), the manifest says \(expected)); nothing was exported (run sevimage verify)"
+        case .firmwareMismatch(let path, let manifest, let what, let expected, let actual):
+            return "\(path) is not the firmware \(manifest) was linked to (\(what) \(actual), the manifest says \(expected)); the guest's launch measurement would not match: give the right file with --ovmf"
+        case .badDomain(let message):
+            return message
         }
     }
 }

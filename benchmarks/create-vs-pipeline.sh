@@ -180,7 +180,7 @@ for data in $data_sizes; do
     case "$data" in *files) size=$data ;; *) size=$(bytes "$data") ;; esac
     files=$(make_tree "$tree" "$size")
     cp -a "$demo/boot" "$tree/"
-    data_bytes=$(find "$tree" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+    data_bytes=$(find "$tree" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f\n", s }')
     say "tree: $files files + /boot, $data_bytes bytes"
     for disk in $(for pair in $cases; do [ "${pair%%:*}" = "$data" ] && echo "${pair##*:}"; done); do
       for run in $(seq "$runs"); do
@@ -202,7 +202,12 @@ for data in $data_sizes; do
         part=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); p=[p for p in m["partitions"] if p["role"]=="root"][0]; print((p["lastLBA"]-p["firstLBA"]+1)*512)' "$out/sevimage.manifest.json")
         rm -f "$out/sevimage.qcow2"
 
-        # (b) the offline pipeline
+        # (b) the offline pipeline: the encrypted raw partition (every sector written) and its QCOW2 copy.
+        avail=$(df --output=avail -B1 "$out" | tail -n 1)
+        if [ "$avail" -lt $(( 2 * part + (1 << 30) )) ]; then
+            say "pipeline: $data in $disk skipped: it needs $(( (2 * part >> 30) + 1 )) GiB free in $out, there are $(( avail >> 30 ))"
+            continue
+        fi
         drop_caches
         say "pipeline: $data in $disk (root partition $part bytes, run $run of $runs)"
         rm -f "$out"/pipeline.*
@@ -238,7 +243,7 @@ for key, runs in groups.items():
     seconds = [float(r["seconds"]) for r in runs]
     m = {"seconds": statistics.median(seconds), "bytes": statistics.median(int(r["bytes"]) for r in runs),
          "allocated": statistics.median(int(r["allocated"]) for r in runs), "peak": max(int(r["peak_kib"]) for r in runs) * 1024,
-         "data": int(runs[0]["data_bytes"])}
+         "data": int(float(runs[0]["data_bytes"]))}
     by[key] = m
     print("%-6s %-5s %-9s %4d %9.2f %13s %12s %12s %11s %8.3fx" % (key[0], key[1], key[2], len(runs), m["seconds"],
           "%.2f-%.2f" % (min(seconds), max(seconds)), mib(m["bytes"]), mib(m["allocated"]), mib(m["peak"]), m["bytes"] / m["data"]))

@@ -196,6 +196,18 @@ let sevValidateHarness = repositoryRoot.path + "/Tests/Oracles/sev_validate_harn
         #expect(checked.domain["name"] as? String == "vm")
     }
 
+    /// The element builder escapes what XML would read as markup (and what attribute-value normalization would
+    /// turn into spaces), and refuses what XML 1.0 cannot carry at all, even as a character reference.
+    @Test func markupElementEscapesAndRefuses() throws {
+        let tree = MarkupElement("a", ["v": "x'\"<&>\t\n\r"], text: "]]> & <b>\r", children: [MarkupElement("c")])
+        #expect(try tree.rendered() == "<a v='x&apos;&quot;&lt;&amp;&gt;&#9;&#10;&#13;'>]]&gt; &amp; &lt;b&gt;&#13;\n  <c/>\n</a>\n")
+        for bad in ["\u{1}", "\u{1B}[0m", "\u{FFFE}", "\u{0}"] {
+            #expect(throws: ExportError.self) { try MarkupElement("n", text: bad).rendered() }
+            #expect(throws: ExportError.self) { try MarkupElement("n", ["v": bad]).rendered() }
+        }
+        #expect(try MarkupElement("n", text: "\u{10FFFF}\u{FFFD}\u{E000}").rendered() == "<n>\u{10FFFF}\u{FFFD}\u{E000}</n>\n")
+    }
+
     /// stdout holds exactly the file's bytes; `--json` reports what was written; `--force` replaces.
     @Test(.enabled(if: tools, "needs virt-xml-validate and qemu-img"))
     func stdoutAndJSONSummary() throws {

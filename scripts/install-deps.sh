@@ -12,8 +12,11 @@ test_packages="cryptsetup-bin fdisk util-linux python3 python3-pip mmdebstrap"
 test_packages="$test_packages dpkg-dev nasm acpica-tools uuid-dev build-essential"
 # export containerdisk's tests read the OCI layout with skopeo and unpack it with umoci.
 test_packages="$test_packages skopeo umoci"
-# export libvirt's tests validate the domain XML with virt-xml-validate (libvirt-clients; it runs xmllint).
-test_packages="$test_packages libvirt-clients libxml2-utils"
+# export libvirt's tests validate the domain XML with virt-xml-validate (libvirt-clients; it runs xmllint from
+# libxml2-utils) and parse it with libvirt's test driver through python3-libvirt; launch is cross-checked with
+# libvirt's virt-qemu-sev-validate (libvirt-clients-qemu), which imports lxml and cryptography without depending
+# on their packages.
+test_packages="$test_packages libvirt-clients libxml2-utils libvirt-clients-qemu python3-libvirt python3-lxml python3-cryptography"
 
 packages=$runtime
 [ "${1:-}" = "--test" ] && packages="$runtime $test_packages"

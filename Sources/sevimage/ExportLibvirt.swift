@@ -11,14 +11,14 @@ struct ExportLibvirt: ParsableCommand {
             The SEV domain boots the manifest's AmdSev firmware as a read-only, stateless pflash loader (no NVRAM; \
             its size and SHA-256 must be the manifest's), with <launchSecurity type='sev'>: the policy (default 0x7, \
             SEV-ES, when the manifest has SEV-ES digests, else 0x3), cbitpos and reducedPhysBits (the host's values: \
-            `virsh domcapabilities` under <sev>, `sevctl show`, or CPUID 0x8000001F EBX bits 5:0 and 11:6). The vCPU \
+            `virsh domcapabilities` under <sev>, or CPUID 0x8000001F EBX bits 5:0 and 11:6). The vCPU \
             count and CPU model are those of the manifest's launch digest for that mode; the QCOW2 disk and a virtio \
             RNG get iommu='on'. --dh-cert and --session put the launch session (sevctl session) in the domain; \
             --qmp-socket adds a QMP socket for `sevimage launch`. Start it paused (`virsh create --paused`), then \
             run `sevimage launch --qmp unix:SOCKET ...`. --standard writes the laptop domain instead: Debian's OVMF \
             with a variables template, no launch security; type the passphrase on `virsh console`.
 
-            Example: sevimage export libvirt vm.qcow2 --qmp-socket /run/vm.qmp --output vm.xml
+            Example: sevimage export libvirt vm.qcow2 --qmp-socket /var/lib/libvirt/qemu/vm.qmp --output vm.xml
             """
     )
 

@@ -8,6 +8,9 @@ Reads a JSON list of jobs from the file named by argv[1] and prints a JSON list 
   {"kind": "measurement", "tik": hex, "apiMajor": n, "apiMinor": n, "build": n, "policy": n,
    "digest": hex, "nonce": hex}
       -> {"measurement": hex, "launchMeasure": base64}: HMAC-SHA256 with Python's hmac module
+  {"kind": "vmsa", "ovmf": PATH, "vcpuType": NAME, "out0": PATH, "out1": PATH}
+      -> {"written": 2}: the SEV-ES VMSA pages sev-snp-measure measures (QEMU), the boot vCPU's to out0 and
+         every other vCPU's to out1
   {"kind": "version"} -> {"version": sev-snp-measure's version}
 """
 import base64
@@ -43,6 +46,16 @@ def measurement(job):
             "launchMeasure": base64.b64encode(mac + bytes.fromhex(job["nonce"])).decode()}
 
 
+def vmsa_pages(job):
+    from sevsnpmeasure.ovmf import OVMF
+    from sevsnpmeasure.vmsa import VMSA
+    pages = list(VMSA(SevMode.SEV_ES, OVMF(job["ovmf"]).sev_es_reset_eip(), vcpu_types.CPU_SIGS[job["vcpuType"]], 0x0).pages(2))
+    for page, path in zip(pages, [job["out0"], job["out1"]]):
+        with open(path, "wb") as f:
+            f.write(bytes(page))
+    return {"written": len(pages)}
+
+
 def version(_job):
     from importlib.metadata import version as v
     return {"version": v("sev-snp-measure")}
@@ -51,7 +64,7 @@ def version(_job):
 def main():
     with open(sys.argv[1]) as f:
         jobs = json.load(f)
-    handlers = {"digest": digest, "measurement": measurement, "version": version}
+    handlers = {"digest": digest, "measurement": measurement, "vmsa": vmsa_pages, "version": version}
     json.dump([handlers[job["kind"]](job) for job in jobs], sys.stdout)
 
 

@@ -5,7 +5,9 @@ It speaks the real protocol (greeting, qmp_capabilities, execute/return/error wi
 events interleaved before replies) and computes its launch measurement independently:
 HMAC-SHA256(TIK, 0x04 | api major | api minor | build | policy u32 | digest | nonce) (AMD SEV API,
 LAUNCH_MEASURE). An injected packet is checked with the TEK/TIK (python cryptography) and decrypted.
-Every command received goes to --log as one JSON line.
+Every command received goes to --log as one JSON line. With --launch-measure B64 it reports that
+LAUNCH_MEASURE blob (measurement 32 | nonce 16) as it is, whatever its query-sev says: the guest of a
+test that computes the launch elsewhere, and checks the packet's HMAC against that measurement.
 
 Scenarios: ok, wrong-nonce (reports a nonce other than the one measured), closed (hangs up on
 query-sev-launch-measure), malformed (answers query-sev-launch-measure with broken JSON),
@@ -36,7 +38,8 @@ def main():
     ap.add_argument("--socket")
     ap.add_argument("--tcp-port-file")
     ap.add_argument("--tk-file", required=True)
-    ap.add_argument("--digest", required=True)
+    ap.add_argument("--digest")
+    ap.add_argument("--launch-measure")
     ap.add_argument("--policy", type=int, default=3)
     ap.add_argument("--api-major", type=int, default=0)
     ap.add_argument("--api-minor", type=int, default=24)
@@ -47,9 +50,13 @@ def main():
 
     tk = open(a.tk_file, "rb").read()
     tek, tik = tk[:16], tk[16:32]
-    nonce = os.urandom(16)
-    measurement = hm(tik, bytes([4, a.api_major, a.api_minor, a.build]), struct.pack("<I", a.policy),
-                     bytes.fromhex(a.digest), nonce)
+    if a.launch_measure:
+        blob = base64.b64decode(a.launch_measure)
+        measurement, nonce = blob[:32], blob[32:48]
+    else:
+        nonce = os.urandom(16)
+        measurement = hm(tik, bytes([4, a.api_major, a.api_minor, a.build]), struct.pack("<I", a.policy),
+                         bytes.fromhex(a.digest), nonce)
     reported_nonce = os.urandom(16) if a.scenario == "wrong-nonce" else nonce
 
     if a.socket:

@@ -155,7 +155,14 @@ extension Profile {
             return contained.qualifiedKey
         }
         if let near = closest(entry.key, among: sameTable.map(\.key)) { return "\(entry.table).\(near)" }
-        return closest(entry.qualifiedKey, among: keys.map(\.qualifiedKey))
+        if let near = closest(entry.qualifiedKey, among: keys.map(\.qualifiedKey)) { return near }
+        // A dotted key under the wrong header (`[image]` then `luks.iteration = 5`): what it means without it.
+        if let dot = entry.table.firstIndex(of: "."), !entry.table.hasPrefix("\"") {
+            var shorter = entry
+            shorter.table = String(entry.table[entry.table.index(after: dot)...])
+            return suggestion(for: shorter)
+        }
+        return nil
     }
 
     /// The candidate within a small edit distance, if any.

@@ -43,14 +43,15 @@ struct TOMLKeyLocations: Sendable {
 ///
 /// It runs before toml++, on any text, and always ends without trapping. It refuses:
 /// - `\u0000` escapes, which TOMLKit would cut strings at, and key paths deeper than the reader's limit;
-/// - three shapes of invalid TOML that reach a precondition of toml++ 3.4.0's parser (an `assert` in a debug
-///   build, `__builtin_assume` of a false condition, that is undefined behaviour, in a release one): a table
+/// - three shapes of invalid TOML that reach a precondition of toml++ 3.4.0's parser (an `assert` that aborts
+///   the process: SwiftPM compiles C++ without `NDEBUG`, in debug and release builds alike; with `NDEBUG` it
+///   would be `__builtin_assume` of a false condition, undefined behaviour): a table
 ///   header whose name starts with a byte no key starts with (`[`, a line end or `#` after `[`; the bug
 ///   upstream fixed in toml++ pull request 301), an array element that starts with `}` (`a = [}`), and a
 ///   date-like value followed by `T` or by a space and a digit but not by a time's `HH:` (`1979-05-27T'`,
 ///   `[1979-05-27 0]`).
 ///   Each is invalid TOML, so no valid text is refused; `ProfileFuzzTests` and `Fuzz/FuzzProfile` feed the
-///   debug build, where toml++'s asserts are live, to find any other.
+///   the parser, where toml++'s asserts are live, to find any other.
 /// Only the text before the first error need be understood alike by toml++ and the locator: toml++ stops
 /// there, and on valid TOML the locator follows the structure exactly.
 struct TOMLKeyLocator {

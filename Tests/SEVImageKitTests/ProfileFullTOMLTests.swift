@@ -349,6 +349,32 @@ struct ProfileFullTOMLTests {
         }
     }
 
+    /// Nesting is bounded before toml++ (which allows arrays 256 deep) and before any recursion of sevimage's.
+    @Test func nestingIsBounded() throws {
+        let deepest = "a = " + String(repeating: "[", count: 64) + "1" + String(repeating: "]", count: 64)
+        #expect(try TOMLReader.parse(deepest).entries.count == 1)
+        #expect(throws: TOMLSyntaxError(line: 2, message: "arrays nest more than 64 levels deep")) {
+            try TOMLReader.parse("\na = " + String(repeating: "[", count: 65) + String(repeating: "]", count: 65))
+        }
+        let path = Array(repeating: "k", count: 64).joined(separator: ".")
+        #expect(try TOMLReader.parse("\(path) = 1").entries.first?.line == 1)
+        #expect(throws: TOMLSyntaxError(line: 1, message: "keys nest more than 64 tables deep")) { try TOMLReader.parse("k.\(path) = 1") }
+        #expect(throws: TOMLSyntaxError(line: 3, message: "keys nest more than 64 tables deep")) { try TOMLReader.parse("\n\n[k.\(path)]") }
+        #expect(throws: TOMLSyntaxError(line: 1, message: "keys nest more than 64 tables deep")) {
+            try TOMLReader.parse("a = " + String(repeating: "{ b = ", count: 70) + "1" + String(repeating: " }", count: 70))
+        }
+        #expect(throws: TOMLSyntaxError(line: 1, message: "arrays nest more than 64 levels deep")) {
+            try TOMLReader.parse("a = " + String(repeating: "[{ b = ", count: 40) + "1" + String(repeating: " }]", count: 40))
+        }
+        // A profile-sized file (1 MiB) of the worst of each is refused or read at once.
+        let start = Date()
+        for text in ["a = " + String(repeating: "[", count: 1 << 20), "[" + String(repeating: "a.", count: 1 << 19) + "a]",
+                     "a = \"" + String(repeating: "\\n", count: 1 << 19) + "\"", (0..<100_000).map { "k\($0) = \($0)" }.joined(separator: "\n")] {
+            _ = try? TOMLReader.parse(text)
+        }
+        #expect(Date().timeIntervalSince(start) < 30)
+    }
+
     @Test func aNulByteIsRefusedWithItsPosition() {
         #expect(throws: TOMLSyntaxError(line: 2, column: 7, message: "a nul byte (0x00), which toml does not allow")) {
             try TOMLReader.parse(Array("a = 1\nb = \"é".utf8) + [0] + Array("\"".utf8))

@@ -142,7 +142,6 @@ public enum TOMLReader {
 
     static func value(_ node: TOMLValueConvertible, depth: Int, path: [String],
                       locations: TOMLKeyLocations) throws(TOMLSyntaxError) -> TOMLValue {
-        guard depth <= maximumDepth else { throw tooDeep(path, locations) }
         switch node.type {
         case .string: return .string(node.string ?? "")
         case .int: return .integer(Int64(node.int ?? 0))
@@ -158,12 +157,14 @@ public enum TOMLReader {
             guard let dateTime = node.dateTime else { return .dateTime("") }
             return .dateTime(dateTimeText(dateTime))
         case .array:
+            guard depth <= maximumDepth else { throw tooDeep(path, locations) }
             var elements: [TOMLValue] = []
             for element in node.array ?? TOMLArray() {
                 elements.append(try value(element, depth: depth + 1, path: path, locations: locations))
             }
             return .array(elements)
         case .table:
+            guard depth <= maximumDepth else { throw tooDeep(path, locations) }
             var members: [String: TOMLValue] = [:]
             for (key, member) in node.table ?? TOMLKit.TOMLTable() {
                 members[key] = try value(member, depth: depth + 1, path: path, locations: locations)

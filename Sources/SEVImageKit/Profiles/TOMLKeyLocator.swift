@@ -134,7 +134,7 @@ struct TOMLKeyLocator {
                 skipSpace(newlines: false)
                 advance(array ? 2 : 1)
             } else {
-                try keyValue(under: table, recording: true)
+                try keyValue(under: table, recording: true, depth: 0)
             }
             skipToEndOfLine()
             if position == start { advance() }
@@ -224,8 +224,9 @@ struct TOMLKeyLocator {
         }
     }
 
-    /// `key = value`, its key recorded under `table` (inline tables record theirs below it).
-    mutating func keyValue(under table: [String], recording: Bool) throws(TOMLSyntaxError) {
+    /// `key = value`, its key recorded under `table` (inline tables record theirs below it). `depth` counts the
+    /// arrays and inline tables around it, so that nesting of either kind is bounded.
+    mutating func keyValue(under table: [String], recording: Bool, depth: Int) throws(TOMLSyntaxError) {
         let keyLine = line
         let path = table + (try keyPath())
         try checkDepth(path, line: keyLine)
@@ -234,7 +235,7 @@ struct TOMLKeyLocator {
         guard current == UInt8(ascii: "=") else { return }
         advance()
         skipSpace(newlines: false)
-        try skipValue(path: path, recording: recording, depth: 1)
+        try skipValue(path: path, recording: recording, depth: depth + 1)
     }
 
     mutating func skipValue(path: [String], recording: Bool, depth: Int) throws(TOMLSyntaxError) {
@@ -266,7 +267,7 @@ struct TOMLKeyLocator {
                 if next == UInt8(ascii: "}") { advance(); return }
                 if next == UInt8(ascii: ",") { advance(); continue }
                 let start = position
-                try keyValue(under: path, recording: recording)
+                try keyValue(under: path, recording: recording, depth: depth)
                 if position == start { advance() }
             }
         default:
@@ -360,11 +361,7 @@ struct TOMLKeyLocator {
         let backslash = position
         advance()
         guard let byte = current else { return }
-        let simple: [UInt8: UInt8] = [
-            UInt8(ascii: "b"): 0x08, UInt8(ascii: "t"): 0x09, UInt8(ascii: "n"): 0x0a, UInt8(ascii: "f"): 0x0c,
-            UInt8(ascii: "r"): 0x0d, UInt8(ascii: "\""): 0x22, UInt8(ascii: "\\"): 0x5c,
-        ]
-        if let replacement = simple[byte] {
+        if let replacement = TOMLKeyLocator.simpleEscapes[byte] {
             result.append(replacement)
             advance()
             return
@@ -391,6 +388,11 @@ struct TOMLKeyLocator {
         }
         if let scalar = Unicode.Scalar(code) { result.append(contentsOf: Array(String(Character(scalar)).utf8)) }
     }
+
+    static let simpleEscapes: [UInt8: UInt8] = [
+        UInt8(ascii: "b"): 0x08, UInt8(ascii: "t"): 0x09, UInt8(ascii: "n"): 0x0a, UInt8(ascii: "f"): 0x0c,
+        UInt8(ascii: "r"): 0x0d, UInt8(ascii: "\""): 0x22, UInt8(ascii: "\\"): 0x5c,
+    ]
 
     static func hexValue(_ byte: UInt8) -> UInt32? {
         switch byte {

@@ -349,6 +349,30 @@ struct ProfileFullTOMLTests {
         }
     }
 
+    /// Quote runs that end multi-line strings, and escaped quotes inside them: the keys after keep their lines.
+    @Test func linesAfterQuoteRuns() throws {
+        let text = #"""
+        a = """x"""""
+        b = '''y''''
+        c = """\""""
+        d = """ "" \"\"\" """
+        e = '''
+        '''
+        f = [
+          """
+        ]""",
+        ]
+        g = 1
+        """#
+        let scratch = try Scratch()
+        try text.write(toFile: scratch.file("q.toml"), atomically: true, encoding: .utf8)
+        let document = try TOMLReader.parse(text)
+        #expect(document.entries.map(\.key) == ["a", "b", "c", "d", "e", "f", "g"])
+        #expect(document.entries.map(\.line) == [1, 2, 3, 4, 5, 7, 11])
+        #expect(flatEntries(document) == (try TOMLOracle.flatten([scratch.file("q.toml")]).first?.entries))
+        #expect(flatEntries(document)["a"] == .string("x\"\"") && flatEntries(document)["c"] == .string("\""))
+    }
+
     /// Nesting is bounded before toml++ (which allows arrays 256 deep) and before any recursion of sevimage's.
     @Test func nestingIsBounded() throws {
         let deepest = "a = " + String(repeating: "[", count: 64) + "1" + String(repeating: "]", count: 64)

@@ -10,6 +10,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // Profiles are TOML 1.0, read by toml++ through TOMLKit.
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // One system-library target per C library: a module map and a one-line shim header.
@@ -19,7 +21,10 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "SEVImageKit",
-            dependencies: ["CCryptsetup", "CFdisk", "CBlkid", "COpenSSL"]
+            dependencies: [
+                "CCryptsetup", "CFdisk", "CBlkid", "COpenSSL",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
         ),
         .executableTarget(
             name: "sevimage",

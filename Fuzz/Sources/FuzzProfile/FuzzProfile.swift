@@ -1,6 +1,7 @@
 import SEVImageKit
 
-/// The TOML subset reader and the profile resolver (keys, types, ranges) on arbitrary bytes.
+/// The TOML reader (TOMLKit's toml++, whose asserts are live in this build, and the key locator before it)
+/// and the profile resolver (keys, types, ranges) on arbitrary bytes.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzProfile(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []

@@ -101,11 +101,15 @@ extension Profile {
         ProfileKey(table: "firmware", key: "vcpus", summary: "vCPU counts for the SEV-ES and SEV-SNP digests (1 to 512)",
                    get: { .array($0.vcpus.map { .integer(Int64($0)) }) },
                    set: { profile, value, origin throws(ProfileError) in
-                       if case .integer = value {
+                       switch value {
+                       case .integer, .float:
                            profile.vcpus = [Int(try integer(value, origin, range: Profile.vcpuRange))]
                            return
+                       default:
+                           break
                        }
                        profile.vcpus = try array(value, origin, of: "integers") { element throws(ProfileError) -> Int in
+                           if case .float = element { return Int(try integer(element, origin, range: Profile.vcpuRange)) }
                            guard case .integer = element else { throw ProfileError.wrongType(file: origin.file, line: origin.line, key: origin.key, expected: "an array of integers", found: "an array holding \(element.typeDescription)") }
                            return Int(try integer(element, origin, range: Profile.vcpuRange))
                        }
@@ -150,6 +154,11 @@ private func wrongType(_ value: TOMLValue, _ origin: ProfileValueOrigin, expecte
     .wrongType(file: origin.file, line: origin.line, key: origin.key, expected: expected, found: value.typeDescription)
 }
 
+/// A float where a whole number belongs (an integer or a size): said as such, since `1.5` is an easy mistake.
+private func notWhole(_ value: TOMLValue, _ origin: ProfileValueOrigin) -> ProfileError {
+    .notWholeNumber(file: origin.file, line: origin.line, key: origin.key, text: value.tomlText)
+}
+
 private func boolean(_ value: TOMLValue, _ origin: ProfileValueOrigin) throws(ProfileError) -> Bool {
     guard case .boolean(let flag) = value else { throw wrongType(value, origin, expected: "true or false") }
     return flag
@@ -161,6 +170,7 @@ private func string(_ value: TOMLValue, _ origin: ProfileValueOrigin) throws(Pro
 }
 
 private func integer(_ value: TOMLValue, _ origin: ProfileValueOrigin, range: ClosedRange<Int64>) throws(ProfileError) -> Int64 {
+    if case .float = value { throw notWhole(value, origin) }
     guard case .integer(let number) = value else { throw wrongType(value, origin, expected: "an integer") }
     guard range.contains(number) else {
         throw ProfileError.invalidValue(file: origin.file, line: origin.line, key: origin.key,
@@ -184,6 +194,8 @@ private func size(_ value: TOMLValue, _ origin: ProfileValueOrigin, range: Close
         bytes = UInt64(number)
     case .integer:
         throw ProfileError.invalidValue(file: origin.file, line: origin.line, key: origin.key, message: "must be greater than zero")
+    case .float:
+        throw notWhole(value, origin)
     default:
         throw wrongType(value, origin, expected: "a size such as \"8G\" or a number of bytes")
     }
@@ -257,6 +269,14 @@ extension TOMLValue {
             return flag ? "true" : "false"
         case .array(let values):
             return "[" + values.map(\.tomlText).joined(separator: ", ") + "]"
+        case .float(let number):
+            return number.isNaN ? "nan" : number.description
+        case .date(let text), .time(let text), .dateTime(let text):
+            return text
+        case .table(let members):
+            guard !members.isEmpty else { return "{}" }
+            let pairs = members.sorted { $0.key < $1.key }.map { "\(TOMLReader.displayPath([$0.key])) = \($0.value.tomlText)" }
+            return "{ " + pairs.joined(separator: ", ") + " }"
         }
     }
 }

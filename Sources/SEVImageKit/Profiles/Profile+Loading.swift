@@ -79,7 +79,7 @@ extension Profile {
             do {
                 document = try TOMLReader.parse(source.text)
             } catch {
-                throw ProfileError.syntax(file: source.displayName, line: error.line, message: error.message)
+                throw ProfileError.syntax(file: source.displayName, line: error.line, column: error.column, message: error.message)
             }
             chain.append((source, document))
             next = nil
@@ -107,16 +107,28 @@ extension Profile {
     }
 
     /// Sets every key of one file, checking names, types and ranges.
+    ///
+    /// Entries come one per key path, however the file spelled the tables (`[boot]` headers, dotted keys,
+    /// inline tables), so `boot.grub_timeout = 5` and `boot = { grub_timeout = 5 }` read alike.
     static func apply(_ document: TOMLDocument, from file: String, to profile: inout Profile,
                       origins: inout [String: ProfileValueOrigin]) throws(ProfileError) {
         let known = Set(tables)
         for table in document.tables where !known.contains(table.name) {
+            // `[image.size]`: a table where a key's value belongs.
+            try refuseTable(under: table.name, file: file, line: table.line)
             throw ProfileError.unknownTable(file: file, line: table.line, table: table.name,
                                             suggestion: closest(table.name, among: tables))
         }
         for entry in document.entries {
             if entry.table.isEmpty && entry.key == "extends" { continue }
             guard let spec = keys.first(where: { $0.table == entry.table && $0.key == entry.key }) else {
+                if entry.table.isEmpty && known.contains(entry.key) {
+                    // `image = {}` is an empty [image]; `image = "8G"` or `[[image]]` is no table at all.
+                    if entry.value == .table([:]) { continue }
+                    throw ProfileError.wrongType(file: file, line: entry.line, key: entry.key, expected: "a table",
+                                                 found: entry.value.typeDescription)
+                }
+                try refuseTable(under: entry.qualifiedKey, file: file, line: entry.line)
                 throw ProfileError.unknownKey(file: file, line: entry.line, key: entry.qualifiedKey,
                                               suggestion: suggestion(for: entry))
             }
@@ -124,6 +136,14 @@ extension Profile {
             try spec.set(&profile, entry.value, origin)
             origins[entry.qualifiedKey] = origin
         }
+    }
+
+    /// A path below a known key (`image.size.x`, from `[image.size]` or `image.size = { x = 1 }`) means that key
+    /// was given a table: the key's own reader says what it takes, as for any other wrong type.
+    static func refuseTable(under path: String, file: String, line: Int) throws(ProfileError) {
+        guard let spec = keys.first(where: { path == $0.qualifiedKey || path.hasPrefix($0.qualifiedKey + ".") }) else { return }
+        var scratch = Profile()
+        try spec.set(&scratch, .table([:]), ProfileValueOrigin(file: file, line: line, key: spec.qualifiedKey))
     }
 
     /// The known key a mistyped one most likely meant.
@@ -135,7 +155,14 @@ extension Profile {
             return contained.qualifiedKey
         }
         if let near = closest(entry.key, among: sameTable.map(\.key)) { return "\(entry.table).\(near)" }
-        return closest(entry.qualifiedKey, among: keys.map(\.qualifiedKey))
+        if let near = closest(entry.qualifiedKey, among: keys.map(\.qualifiedKey)) { return near }
+        // A dotted key under the wrong header (`[image]` then `luks.iteration = 5`): what it means without it.
+        if let dot = entry.table.firstIndex(of: "."), !entry.table.hasPrefix("\"") {
+            var shorter = entry
+            shorter.table = String(entry.table[entry.table.index(after: dot)...])
+            return suggestion(for: shorter)
+        }
+        return nil
     }
 
     /// The candidate within a small edit distance, if any.

@@ -38,6 +38,8 @@ extension Profile {
         case .integer(let number): return number
         case .boolean(let flag): return flag
         case .array(let values): return values.map { jsonValue($0, sizeKey: false) }
+        // No key's getter gives these; written as TOML would, should one ever.
+        case .float, .date, .time, .dateTime, .table: return value.tomlText
         }
     }
 }

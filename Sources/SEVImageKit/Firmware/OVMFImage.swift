@@ -23,7 +23,14 @@ public struct OVMFImage: Sendable {
     /// Reads and parses `path`.
     public static func load(path: String) throws -> OVMFImage {
         var info = stat()
-        guard stat(path, &info) == 0 else { throw GeneralError.io("read", path: path, errno: errno) }
+        guard stat(path, &info) == 0 else {
+            // A path that names no file is the caller's mistake (exit 2), as for every other input file.
+            let code = errno
+            if code == ENOENT || code == ENOTDIR || code == EACCES {
+                throw GeneralError.invalidArgument("cannot read the firmware \(path): \(errnoDescription(code))")
+            }
+            throw GeneralError.io("read", path: path, errno: code)
+        }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
             throw GeneralError.invalidArgument("\(path) is not a regular file")
         }

@@ -3,7 +3,7 @@ import Testing
 @testable import SEVImageKit
 
 /// Two `create` runs with the same `--seed` and `SOURCE_DATE_EPOCH` (at different times, from different
-/// directories) give a byte-identical ESP, the same plaintext root filesystem and the same manifest but
+/// directories, in different time zones) give a byte-identical ESP, the same plaintext root filesystem and the same manifest but
 /// for the image hash. The LUKS header differs by design: salts and the volume key come from the CSPRNG.
 @Suite(.enabled(if: canCheckImages, "needs the image tools, cryptsetup and Python's cryptography"))
 struct ReproducibleBuildTests {
@@ -17,7 +17,8 @@ struct ReproducibleBuildTests {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let image = directory + "/vm.qcow2"
             let result = try sevimage(["create", "--rootfs", tree, "--output", image, "--size", "200M", "--seed", "pipeline-42"],
-                                      environment: ["SOURCE_DATE_EPOCH": "1700000000"])
+                                      // Two time zones: FAT holds local time, the ESP must not.
+                                      environment: ["SOURCE_DATE_EPOCH": "1700000000", "TZ": run == 1 ? "UTC0" : "JST-9"])
             try #require(result.status == 0, "\(result)")
             // Captured without a terminal: plain step lines, no progress bar escapes or carriage returns.
             #expect(result.stdout.isEmpty && !result.stderr.contains("\r") && !result.stderr.contains("\u{1B}"))
@@ -70,6 +71,24 @@ struct ReproducibleBuildTests {
         // And the same through debugfs: the inode of a file and the tree listing.
         let listings = try plains.map { try runChecked("debugfs", ["-R", "ls -l /etc", $0]).stdout }
         #expect(listings[0] == listings[1])
+    }
+
+    /// FAT entries hold 1980 to 2107: a SOURCE_DATE_EPOCH outside is clamped, never wrapped (mtools turns 1970
+    /// into 2098, 2128 into 2000), and the times read back in UTC whatever zone the build ran in.
+    @Test(arguments: [(Int64(0), "1980-01-01   0:00"), (Int64(1_700_000_000), "2023-11-14  22:13"), (Int64(5_000_000_000), "2107-12-31  23:59")])
+    func espTimesAreClampedToFAT(_ timestamp: Int64, _ shown: String) throws {
+        let scratch = try Scratch()
+        let file = scratch.file("f")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: file))
+        let esp = scratch.file("esp.img")
+        try ESPBuilder(volumeID: 0x1234_5678).build(path: esp, size: 34 << 20, files: [("EFI/BOOT/x.txt", file)], timestamp: timestamp)
+        for directory in ["::/EFI/BOOT", "::/EFI"] {
+            let listing = try runProgram("mdir", ["-i", esp, directory], environment: ["TZ": "UTC0", "MTOOLSRC": "/dev/null", "MTOOLS_SKIP_CHECK": "1"])
+            #expect(listing.status == 0, "\(listing)")
+            // Every entry, "." and ".." included (their times are the directories').
+            let entries = listing.stdout.split(separator: "\n").filter { $0.contains(/\d{4}-\d\d-\d\d/) }
+            #expect(entries.count == 3 && entries.allSatisfy { $0.contains(shown) }, "\(listing.stdout)")
+        }
     }
 
     struct Comparison { var written = 0, differing = 0, writtenInOnlyOne = 0 }

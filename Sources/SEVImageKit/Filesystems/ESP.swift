@@ -14,10 +14,19 @@ public struct ESPBuilder {
         return String(h.prefix(4)) + "-" + String(h.suffix(4))
     }
 
+    /// The times a FAT directory entry holds: 1980-01-01 to 2107-12-31 23:59:58, in 2-second steps.
+    public static let representableTimes: ClosedRange<Int64> = 315_532_800...4_354_819_198
+
     /// Creates `path` (`size` bytes) as FAT32 holding `files` (image path → local file).
-    public func build(path: String, size: UInt64, files: [(String, String)], timestamp: Int64?) throws {
+    /// With `timestamp`, every entry carries it, clamped to `representableTimes` (mtools would wrap 1970 to 2098).
+    public func build(path: String, size: UInt64, files: [(String, String)], timestamp requested: Int64?) throws {
+        let timestamp = requested.map { min(max($0, Self.representableTimes.lowerBound), Self.representableTimes.upperBound) }
         var environment: [String: String] = [:]
-        if let timestamp { environment["SOURCE_DATE_EPOCH"] = String(timestamp) }
+        if let timestamp {
+            environment["SOURCE_DATE_EPOCH"] = String(timestamp)
+            // FAT holds local time and mcopy converts with localtime(3): UTC, or the bytes would follow the build host's zone.
+            environment["TZ"] = "UTC0"
+        }
         // mkfs.fat 4.2 stamps the volume label entry with the current time whatever SOURCE_DATE_EPOCH says;
         // --invariant fixes that time but also the volume id (1234-ABCD), so the id is written back below.
         try ExternalTool.mkfsVfat.run(["-F", "32", "-n", label, "-i", String(format: "%08X", volumeID)]

@@ -168,42 +168,10 @@ public enum FirmwareGrub {
     }
 
     /// A POSIX ustar archive of regular files (mode 0644, owner 0, mtime 0), as GRUB's `tar` module reads it.
-    ///
-    ///     per file: 512-byte header | data, zero-padded to 512 | ... | two zero blocks
-    ///     header:   name[100] mode[8] uid[8] gid[8] size[12] mtime[12] chksum[8] type[1] linkname[100]
-    ///               "ustar\0" "00" uname[32] gname[32] devmajor[8] devminor[8] prefix[155] pad[12]
     static func ustar(_ files: [(name: String, data: [UInt8])]) -> [UInt8] {
-        var archive: [UInt8] = []
-        for file in files {
-            var header = [UInt8](repeating: 0, count: 512)
-            func put(_ text: String, at offset: Int) {
-                for (i, byte) in text.utf8.enumerated() { header[offset + i] = byte }
-            }
-            func octal(_ value: Int, width: Int) -> String {
-                let digits = String(value, radix: 8)
-                return String(repeating: "0", count: max(0, width - 1 - digits.count)) + digits
-            }
-            put(String(file.name.prefix(99)), at: 0)
-            put(octal(0o644, width: 8), at: 100)
-            put(octal(0, width: 8), at: 108)
-            put(octal(0, width: 8), at: 116)
-            put(octal(file.data.count, width: 12), at: 124)
-            put(octal(0, width: 12), at: 136)
-            put("0", at: 156)
-            put("ustar", at: 257)
-            put("00", at: 263)
-            put("root", at: 265)
-            put("root", at: 297)
-            // The checksum is computed with its own field as eight spaces.
-            put("        ", at: 148)
-            let sum = header.reduce(0) { $0 + Int($1) }
-            put(octal(sum, width: 7), at: 148)
-            header[155] = UInt8(ascii: " ")
-            archive += header
-            archive += file.data
-            archive += [UInt8](repeating: 0, count: (512 - file.data.count % 512) % 512)
-        }
-        archive += [UInt8](repeating: 0, count: 1024)
-        return archive
+        files.flatMap { file in
+            TarEntryHeader.entry(name: file.name, kind: .file, mode: 0o644, uid: 0, gid: 0, size: UInt64(file.data.count), mtime: 0)
+                + file.data + TarEntryHeader.padding(for: UInt64(file.data.count))
+        } + TarEntryHeader.end
     }
 }

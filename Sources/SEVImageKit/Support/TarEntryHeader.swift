@@ -16,8 +16,8 @@ import Foundation
 ///
 /// The checksum is the sum of the header's bytes with its own field read as eight spaces. A file's data
 /// follows its header, zero-padded to a whole block; two zero blocks end the archive.
-/// (The reader of root-tree tarballs is `TarHeader`, in Filesystems/RootTree+Tar.swift; GRUB's memdisk has its own
-/// files-only writer, `FirmwareGrub.ustar`.)
+/// Written by `export containerdisk` and for the memdisk of `firmware grub` (`FirmwareGrub.ustar`); the reader of
+/// root-tree tarballs is `TarHeader`, in Filesystems/RootTree+Tar.swift.
 enum TarEntryHeader {
     static let blockSize = 512
     /// The largest value the 11 octal digits of the size and mtime fields hold: 8 GiB − 1, and 2^33 − 1 seconds.

@@ -64,7 +64,7 @@ public enum GrubImage {
 }
 
 extension GrubImage {
-    static let moduleDirectory = "/usr/lib/grub/x86_64-efi"
+    static let moduleDirectory = RuntimeFile.grubModules.candidates[0]
 
     /// grub-mkstandalone's memdisk (the config, the modules and their dependencies, the .lst files), as a
     /// tar with sorted entries, root ownership and one time, embedded by grub-mkimage with the same prefix.
@@ -94,7 +94,7 @@ extension GrubImage {
         }
         let memdisk = scratch + "/grub-memdisk.tar"
         defer { unlink(memdisk) }
-        try ExternalTool("tar", package: "tar").run([
+        try ExternalTool.tar.run([
             "--create", "--file", memdisk, "--format=ustar", "--sort=name", "--mtime=@\(timestamp)",
             "--owner=0", "--group=0", "--numeric-owner", "--mode=u=rwX,go=rX", "-C", staging, "boot",
         ])

@@ -42,7 +42,8 @@ public enum GrubImage {
         """
     }
 
-    /// Builds the ESP's `BOOTX64.EFI` with `grub-mkstandalone`.
+    /// Builds the ESP's `BOOTX64.EFI` with `grub-mkstandalone`, whose own temporary directory goes into `scratch`
+    /// (beside the output): under `$TMPDIR` or `/tmp` it failed on a read-only root filesystem without `$TMPDIR`.
     /// With `timestamp` (reproducible builds) the image is assembled like grub-mkstandalone does it, but from
     /// a memdisk tar whose entries all carry that time (grub-mkstandalone 2.06 stamps them with the current time).
     public static func buildStandalone(output: String, config: String, scratch: String, timestamp: Int64? = nil) throws {
@@ -59,7 +60,7 @@ public enum GrubImage {
             "--install-modules=" + modules.joined(separator: " "),
             "--locales=", "--themes=", "--fonts=",
             "boot/grub/grub.cfg=" + configPath,
-        ])
+        ], environment: ["TMPDIR": scratch])
     }
 }
 

@@ -12,6 +12,9 @@ test_packages="cryptsetup-bin fdisk util-linux python3 python3-pip mmdebstrap"
 test_packages="$test_packages dpkg-dev nasm acpica-tools uuid-dev build-essential"
 # export containerdisk's tests read the OCI layout with skopeo and unpack it with umoci.
 test_packages="$test_packages skopeo umoci"
+# The stage image's tests (StageImageTests): rootless podman runs it (uidmap's newuidmap maps the user's
+# subordinate ids; no network, so no slirp4netns) and check-deploy.py reads deploy/'s YAML with PyYAML.
+test_packages="$test_packages podman uidmap python3-yaml"
 
 packages=$runtime
 [ "${1:-}" = "--test" ] && packages="$runtime $test_packages"
@@ -34,4 +37,11 @@ if [ "${1:-}" = "--test" ]; then
     # Independent oracles: AES-XTS/CTR and HMAC from `cryptography`, launch digests from `sev-snp-measure`.
     python3 -m pip install --quiet --disable-pip-version-check cryptography sev-snp-measure 2>/dev/null \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages cryptography sev-snp-measure
+    # deploy/'s Jobs against Kubernetes' own schemas (bundled in the package: no network at test time).
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
+    # Rootless podman runs the stage image as this user; useradd gives it subordinate uid and gid ranges.
+    if ! getent passwd sevimage-rootless >/dev/null; then
+        useradd --create-home --shell /usr/sbin/nologin --comment "sevimage rootless podman tests" sevimage-rootless
+    fi
 fi

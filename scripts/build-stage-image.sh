@@ -31,7 +31,7 @@
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-recipe=1                                # bump when what goes into the image changes
+recipe=2                                # bump when what goes into the image changes
 binary=
 output=stage-image
 tag=
@@ -129,6 +129,7 @@ mmdebstrap --mode=root --variant=essential --format=directory \
     --customize-hook='install -d -m 1777 -o 0 -g 0 "$1/work"' \
     --customize-hook=': >"$1/etc/resolv.conf"; echo sevimage >"$1/etc/hostname"; chmod 0644 "$1/etc/resolv.conf" "$1/etc/hostname"' \
     --customize-hook='rm -rf "$1/var/cache/debconf/"*-old "$1/var/lib/dpkg/"*-old "$1/var/log/"*' \
+    --customize-hook='find "$1/usr/share/doc" -mindepth 2 ! -type d ! -name copyright -delete; rm -f "$1/usr/share/info/"*' \
     bookworm "$tree" "$mirror" </dev/null >"$work/mmdebstrap.log" 2>&1 \
     || { tail -n 20 "$work/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
 
@@ -180,6 +181,9 @@ umoci config --image "$image" --created="$created" --history.created="$created" 
     --manifest.annotation=org.opencontainers.image.created="$created"
 umoci gc --layout "$layout"
 
+# Readable by everyone (umoci writes its files 0600): nothing in it is secret, and rootless podman or skopeo
+# run by another user read it.
+chmod -R a+rX "$layout"
 rm -rf "$output.old"
 [ ! -e "$output" ] || mv "$output" "$output.old"
 mv "$layout" "$output"

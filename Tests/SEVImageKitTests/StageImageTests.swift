@@ -32,9 +32,12 @@ enum StageImage {
         return bundle + "/rootfs"
     }
 
-    /// Runs a command inside the unpacked tree (`chroot`, as root): for looking, not for the restricted runs.
+    /// Runs a shell command inside the unpacked tree (`chroot` as root, with /proc mounted in a private mount
+    /// namespace: the static binary reads its arguments from /proc/self/cmdline): for looking, not for the
+    /// restricted runs.
     static func inTree(_ rootfs: String, _ script: String, _ arguments: [String] = []) throws -> RunResult {
-        try runProgram("chroot", [rootfs, "/bin/sh", "-c", script, "sh"] + arguments)
+        let enter = #"root=$1; script=$2; shift 2; mount -t proc proc "$root/proc" && exec chroot "$root" /bin/sh -c "$script" sh "$@""#
+        return try runProgram("unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", enter, "sh", rootfs, script] + arguments)
     }
 }
 
@@ -208,11 +211,13 @@ struct DeployCommand {
             }
             return found
         }
-        #expect(files(under: "var/lib/apt/lists").allSatisfy { $0 == "lock" }, "\(files(under: "var/lib/apt/lists"))")
+        func isLock(_ name: String) -> Bool { name == "lock" || name.hasSuffix("/lock") }
+        #expect(files(under: "var/lib/apt/lists").allSatisfy(isLock), "\(files(under: "var/lib/apt/lists"))")
         #expect(files(under: "usr/share/man").isEmpty && files(under: "usr/share/locale").isEmpty && files(under: "usr/share/info").isEmpty)
         let docs = files(under: "usr/share/doc")
+        // Only copyright files, and the directory symlinks some packages ship instead of their own directory.
         #expect(!docs.isEmpty && docs.allSatisfy { $0.hasSuffix("/copyright") || !$0.contains("/") }, "\(docs.filter { !$0.hasSuffix("/copyright") })")
-        #expect(files(under: "var/cache/apt").isEmpty)
+        #expect(files(under: "var/cache/apt").allSatisfy(isLock), "\(files(under: "var/cache/apt"))")
     }
 
     /// The Jobs' commands as written in deploy/kubernetes run in the image's tree with a pod's restrictions
@@ -225,6 +230,9 @@ struct DeployCommand {
         let rootfs = try StageImage.rootfs.get()
         let fixture = try StageFixture(owner: (StageImage.user, StageImage.user), secretMode: 0o440)
         let before = fixture.readOnlySnapshot()
+        // The script adds its mount points to the tree on its first run: make them before the tree's snapshot.
+        try runChecked(repositoryRoot.path + "/Tests/Support/run-in-stage-tree.sh",
+                       [rootfs, fixture.input, fixture.images, fixture.secrets, fixture.work, "/", "--", "/bin/true"])
         let treeBefore = try runChecked("/bin/sh", ["-c", "cd '\(rootfs)' && find . -xdev -printf '%p %s %m %T@\\n' | sort | sha256sum"]).stdout
         func run(_ command: DeployCommand, dropping: String? = nil) throws -> RunResult {
             let environment = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -234,7 +242,11 @@ struct DeployCommand {
                                   + environment + ["--", "/bin/sh", "-c", command.script])
         }
 
-        let create = try run(try DeployCommand.job("sevimage-create"), dropping: "TMPDIR")
+        // The Job's 8G would make the independent checks below decrypt 8 GiB; 256M holds the tree as well.
+        var createJob = try DeployCommand.job("sevimage-create")
+        #expect(createJob.script.contains("--size 8G "))
+        createJob.script = createJob.script.replacingOccurrences(of: "--size 8G ", with: "--size 256M ")
+        let create = try run(createJob, dropping: "TMPDIR")
         #expect(create.status == 0, "create: \(create)")
         let created = try jsonObject(create.stdoutData)
         #expect(created["image"] as? String == "/images/vm.qcow2" && created["manifest"] as? String == "/images/vm.manifest.json", "\(created)")
@@ -310,13 +322,21 @@ struct DeployCommand {
                             "-v", "\(fixture.input):/input:ro", "-v", "\(fixture.images):/images",
                             "-v", "\(fixture.secrets)/passphrase:/secrets/passphrase:ro",
                             "-v", "\(fixture.secrets)/new-passphrase:/secrets/new-passphrase:ro"]
-        let probe = try podman(restrictions + [reference, "doctor", "--pipeline", "--json"])
+        // Into the account's storage from the OCI layout under a name: podman run oci:PATH names the image after
+        // PATH, and refuses the dot in .cache.
+        let name = "localhost/sevimage-stage:test"
+        let copied = try runProgram("/usr/bin/setpriv", ["--reuid=\(account.uid)", "--regid=\(account.gid)", "--init-groups", "--",
+                                                         "/usr/bin/env", "-i", "HOME=\(account.home)", "XDG_RUNTIME_DIR=\(runtime)",
+                                                         "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "skopeo", "copy", "--quiet",
+                                                         reference, "containers-storage:" + name], currentDirectory: account.home)
+        try #require(copied.status == 0, "skopeo copy: \(copied)")
+        let probe = try podman(restrictions + [name, "doctor", "--pipeline", "--json"])
         #expect(probe.status == 0, "podman: \(probe)")
         #expect((try? jsonObject(probe.stdoutData))?["passed"] as? Bool == true, "podman: \(probe)")
-        let whoami = try podman(restrictions + ["--entrypoint", "/usr/bin/id", reference, "-u"])
+        let whoami = try podman(restrictions + ["--entrypoint", "/usr/bin/id", name, "-u"])
         #expect(whoami.stdout == "\(StageImage.user)\n", "\(whoami)")
 
-        let create = try podman(restrictions + ["--env", "SOURCE_DATE_EPOCH=1700000000", reference,
+        let create = try podman(restrictions + ["--env", "SOURCE_DATE_EPOCH=1700000000", name,
                                                 "create", "--rootfs", "/input/rootfs.tar.zst", "--output", "/images/vm.qcow2", "--size", "256M",
                                                 "--seed", "stage", "--passphrase-file", "/secrets/passphrase/passphrase", "--json"])
         #expect(create.status == 0, "create: \(create)")
@@ -324,7 +344,7 @@ struct DeployCommand {
         #expect(created["image"] as? String == "/images/vm.qcow2")
         try fixture.expectImageHolds(opens: fixture.passphrase, refuses: fixture.newPassphrase, "podman create")
 
-        let rotate = try podman(restrictions + [reference, "rotate", "/images/vm.qcow2", "--passphrase-file", "/secrets/passphrase/passphrase",
+        let rotate = try podman(restrictions + [name, "rotate", "/images/vm.qcow2", "--passphrase-file", "/secrets/passphrase/passphrase",
                                                 "--new-passphrase-file", "/secrets/new-passphrase/passphrase", "--json"])
         #expect(rotate.status == 0, "rotate: \(rotate)")
         let rotated = try jsonObject(rotate.stdoutData)

@@ -350,6 +350,7 @@ struct DeployCommand {
                                                          "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "skopeo", "copy", "--quiet",
                                                          reference, "containers-storage:" + name], currentDirectory: account.home)
         try #require(copied.status == 0, "skopeo copy: \(copied)")
+        defer { _ = try? podman(["rmi", "--force", name]) }  // each commit's build is another 160 MB otherwise
         let probe = try podman(restrictions + [name, "doctor", "--pipeline", "--json"])
         #expect(probe.status == 0, "podman: \(probe)")
         #expect((try? jsonObject(probe.stdoutData))?["passed"] as? Bool == true, "podman: \(probe)")

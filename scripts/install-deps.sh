@@ -17,6 +17,9 @@ test_packages="$test_packages skopeo umoci"
 # libvirt's virt-qemu-sev-validate (libvirt-clients-qemu), which imports lxml and cryptography without depending
 # on their packages.
 test_packages="$test_packages libvirt-clients libxml2-utils libvirt-clients-qemu python3-libvirt python3-lxml python3-cryptography"
+# The stage image's tests (StageImageTests): rootless podman runs it (uidmap's newuidmap maps the user's
+# subordinate ids; no network, so no slirp4netns) and check-deploy.py reads deploy/'s YAML with PyYAML.
+test_packages="$test_packages podman uidmap python3-yaml"
 
 packages=$runtime
 [ "${1:-}" = "--test" ] && packages="$runtime $test_packages"
@@ -39,4 +42,11 @@ if [ "${1:-}" = "--test" ]; then
     # Independent oracles: AES-XTS/CTR and HMAC from `cryptography`, launch digests from `sev-snp-measure`.
     python3 -m pip install --quiet --disable-pip-version-check cryptography sev-snp-measure 2>/dev/null \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages cryptography sev-snp-measure
+    # deploy/'s Jobs against Kubernetes' own schemas (bundled in the package: no network at test time).
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
+    # Rootless podman runs the stage image as this user; useradd gives it subordinate uid and gid ranges.
+    if ! getent passwd sevimage-rootless >/dev/null; then
+        useradd --create-home --shell /usr/sbin/nologin --comment "sevimage rootless podman tests" sevimage-rootless
+    fi
 fi

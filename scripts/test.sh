@@ -16,7 +16,16 @@ if [ "$(id -u)" -eq 0 ] && command -v mmdebstrap >/dev/null 2>&1; then
     trees="$trees $!"
 fi
 swift build --build-tests
+# The pipeline-stage image (StageImageTests): the release binary first (the tests do not run swift build while
+# swift test holds .build), then mmdebstrap and umoci in the background; the tests wait for it (the script's lock)
+# and reuse it.
+if [ "$(id -u)" -eq 0 ] && command -v mmdebstrap >/dev/null 2>&1 && command -v umoci >/dev/null 2>&1; then
+    release=$(scripts/build-release.sh)
+    scripts/build-stage-image.sh --binary "$release" --output .cache/stage-image --reuse \
+        >.cache/stage-image.out 2>.cache/stage-image.log &
+    trees="$trees $!"
+fi
 for pid in $trees; do
-    wait "$pid" || echo "test.sh: a Debian tree build failed (see .cache/debian-tree-*.log); its tests will say why" >&2
+    wait "$pid" || echo "test.sh: a Debian tree or the stage image failed to build (see .cache/debian-tree-*.log, .cache/stage-image.log); its tests will say why" >&2
 done
 swift test --skip-build

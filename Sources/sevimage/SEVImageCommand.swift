@@ -22,6 +22,7 @@ struct SEVImageCommand: ParsableCommand {
             Reencrypt.self,
             KeysCommand.self,
             ExportCommand.self,
+            DoctorCommand.self,
         ]
     )
 }

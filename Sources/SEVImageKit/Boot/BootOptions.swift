@@ -4,8 +4,8 @@ import Foundation
 /// through the unencrypted ESP), with the passphrase typed at GRUB's prompt on the serial console.
 public struct BootOptions: Sendable {
     /// Debian's OVMF (package `ovmf`): 4 MiB flash, code and variables in two files.
-    public static let debianFirmwareCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-    public static let debianFirmwareVariables = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    public static let debianFirmwareCode = RuntimeFile.ovmfCode.candidates[0]
+    public static let debianFirmwareVariables = RuntimeFile.ovmfVariables.candidates[0]
     /// What the demo root tree's init prints once the kernel from the encrypted root runs.
     public static let defaultExpectedText = "SEVIMAGE-BOOT-OK"
 

@@ -86,10 +86,7 @@ extension Ext4Builder {
     /// their fsync calls into no-ops. Their output is a scratch file that is read once and deleted, so its
     /// durability is worthless, while mke2fs's closing fsync would write the whole filesystem to disk once
     /// more before the encrypted copy (the one that is kept, and flushed) is even made.
-    static let noSyncLibrary: String? = {
-        let directories = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"]
-        return directories.map { $0 + "/libeatmydata.so.1" }.first { FileManager.default.fileExists(atPath: $0) }
-    }()
+    static let noSyncLibrary: String? = RuntimeFile.eatmydata.path
 
     /// For reproducible builds: debugfs commands that give every inode of the tree mtime, atime and ctime
     /// equal to its mtime clamped to `epoch`. mke2fs -d copies all three from the source, but reading the

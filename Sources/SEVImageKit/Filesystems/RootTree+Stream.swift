@@ -13,10 +13,10 @@ enum ArchiveFormat: Equatable {
         }
     }
 
-    static let gzip = ExternalTool("gzip", package: "gzip")
-    static let xz = ExternalTool("xz", package: "xz-utils")
-    static let zstd = ExternalTool("zstd", package: "zstd")
-    static let bzip2 = ExternalTool("bzip2", package: "bzip2")
+    static let gzip = ExternalTool.gzip
+    static let xz = ExternalTool.xz
+    static let zstd = ExternalTool.zstd
+    static let bzip2 = ExternalTool.bzip2
 
     /// Reads the first block: a compressor's magic number, or a tar header with a valid checksum.
     static func detect(path: String) throws -> ArchiveFormat {

@@ -36,7 +36,7 @@ public enum FirmwareGrub {
     ]
 
     /// Debian's module directory (package `grub-efi-amd64-bin`).
-    public static let defaultModuleDirectory = "/usr/lib/grub/x86_64-efi"
+    public static let defaultModuleDirectory = RuntimeFile.grubModules.candidates[0]
 
     /// The embedded (bootstrap) config: hand over to the memdisk's config in normal mode.
     public static let bootstrapConfig = "normal (memdisk)/grub.cfg\n"

@@ -42,7 +42,8 @@ public enum GrubImage {
         """
     }
 
-    /// Builds the ESP's `BOOTX64.EFI` with `grub-mkstandalone`.
+    /// Builds the ESP's `BOOTX64.EFI` with `grub-mkstandalone`, whose own temporary directory goes into `scratch`
+    /// (beside the output): under `$TMPDIR` or `/tmp` it failed on a read-only root filesystem without `$TMPDIR`.
     /// With `timestamp` (reproducible builds) the image is assembled like grub-mkstandalone does it, but from
     /// a memdisk tar whose entries all carry that time (grub-mkstandalone 2.06 stamps them with the current time).
     public static func buildStandalone(output: String, config: String, scratch: String, timestamp: Int64? = nil) throws {
@@ -59,12 +60,12 @@ public enum GrubImage {
             "--install-modules=" + modules.joined(separator: " "),
             "--locales=", "--themes=", "--fonts=",
             "boot/grub/grub.cfg=" + configPath,
-        ])
+        ], environment: ["TMPDIR": scratch])
     }
 }
 
 extension GrubImage {
-    static let moduleDirectory = "/usr/lib/grub/x86_64-efi"
+    static let moduleDirectory = RuntimeFile.grubModules.candidates[0]
 
     /// grub-mkstandalone's memdisk (the config, the modules and their dependencies, the .lst files), as a
     /// tar with sorted entries, root ownership and one time, embedded by grub-mkimage with the same prefix.
@@ -94,7 +95,7 @@ extension GrubImage {
         }
         let memdisk = scratch + "/grub-memdisk.tar"
         defer { unlink(memdisk) }
-        try ExternalTool("tar", package: "tar").run([
+        try ExternalTool.tar.run([
             "--create", "--file", memdisk, "--format=ustar", "--sort=name", "--mtime=@\(timestamp)",
             "--owner=0", "--group=0", "--numeric-owner", "--mode=u=rwX,go=rX", "-C", staging, "boot",
         ])

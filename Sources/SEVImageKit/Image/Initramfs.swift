@@ -119,13 +119,13 @@ struct InitramfsDecompressor {
     /// The decompressor for data starting with `magic` (the kernel's list: lib/decompress.c).
     static func matching(_ magic: [UInt8]) -> InitramfsDecompressor? {
         func starts(_ prefix: [UInt8]) -> Bool { magic.starts(with: prefix) }
-        if starts([0x1f, 0x8b]) || starts([0x1f, 0x9e]) { return InitramfsDecompressor(name: "gzip", tool: ExternalTool("gzip", package: "gzip"), arguments: ["-dc"]) }
-        if starts([0x28, 0xb5, 0x2f, 0xfd]) { return InitramfsDecompressor(name: "zstd", tool: ExternalTool("zstd", package: "zstd"), arguments: ["-dcq"]) }
-        if starts([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) { return InitramfsDecompressor(name: "xz", tool: ExternalTool("xz", package: "xz-utils"), arguments: ["-dc"]) }
-        if starts([0x5d, 0x00, 0x00]) { return InitramfsDecompressor(name: "lzma", tool: ExternalTool("xz", package: "xz-utils"), arguments: ["-dc", "--format=lzma"]) }
-        if starts([0x42, 0x5a, 0x68]) { return InitramfsDecompressor(name: "bzip2", tool: ExternalTool("bzip2", package: "bzip2"), arguments: ["-dc"]) }
-        if starts([0x02, 0x21, 0x4c, 0x18]) { return InitramfsDecompressor(name: "lz4", tool: ExternalTool("lz4", package: "lz4"), arguments: ["-dc"]) }
-        if starts([0x89, 0x4c, 0x5a, 0x4f]) { return InitramfsDecompressor(name: "lzop", tool: ExternalTool("lzop", package: "lzop"), arguments: ["-dc"]) }
+        if starts([0x1f, 0x8b]) || starts([0x1f, 0x9e]) { return InitramfsDecompressor(name: "gzip", tool: .gzip, arguments: ["-dc"]) }
+        if starts([0x28, 0xb5, 0x2f, 0xfd]) { return InitramfsDecompressor(name: "zstd", tool: .zstd, arguments: ["-dcq"]) }
+        if starts([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) { return InitramfsDecompressor(name: "xz", tool: .xz, arguments: ["-dc"]) }
+        if starts([0x5d, 0x00, 0x00]) { return InitramfsDecompressor(name: "lzma", tool: .xz, arguments: ["-dc", "--format=lzma"]) }
+        if starts([0x42, 0x5a, 0x68]) { return InitramfsDecompressor(name: "bzip2", tool: .bzip2, arguments: ["-dc"]) }
+        if starts([0x02, 0x21, 0x4c, 0x18]) { return InitramfsDecompressor(name: "lz4", tool: .lz4, arguments: ["-dc"]) }
+        if starts([0x89, 0x4c, 0x5a, 0x4f]) { return InitramfsDecompressor(name: "lzop", tool: .lzop, arguments: ["-dc"]) }
         return nil
     }
 

@@ -51,13 +51,12 @@ public struct ImageInspection: Sendable, Codable {
 /// area) that libblkid and libcryptsetup probe.
 public struct ImageInspector {
     public let disk: DiskImageReader
-    /// Copies of partition heads, in a private directory under $TMPDIR.
-    private let scratch: TemporaryDirectory
+    /// Copies of partition heads: anonymous in-memory files, so that inspecting needs no writable place.
+    private let copies = PartitionCopies()
 
     public init(path: String, requireQCOW2: Bool = false) throws {
         disk = try DiskImageReader(path: path, requireQCOW2: requireQCOW2)
         try disk.checkAllocations()
-        scratch = try TemporaryDirectory(near: NSTemporaryDirectory() + "/x", purpose: "sevimage-inspect")
     }
 
     public func inspect() throws -> ImageInspection {
@@ -85,11 +84,9 @@ public struct ImageInspector {
     /// A sparse file as large as the partition holding its first `bytes` bytes (libcryptsetup and
     /// libblkid see the partition's real size; the rest reads as zeros).
     public func partitionCopy(_ entry: GPTEntry, bytes: UInt64) throws -> String {
-        let path = scratch.file("partition\(entry.number)-\(bytes)")
-        if FileManager.default.fileExists(atPath: path) { return path }
-        let copy = try RawFile(creating: path, size: entry.size)
-        try disk.copy(entry.offset..<(entry.offset + min(bytes, entry.size)), to: copy, at: 0)
-        return path
+        try copies.file(named: "partition\(entry.number)-\(bytes)", size: entry.size, of: disk.path) { copy in
+            try disk.copy(entry.offset..<(entry.offset + min(bytes, entry.size)), to: copy, at: 0)
+        }
     }
 
     func probe(_ path: String) throws -> ImageInspection.Filesystem? {
@@ -102,6 +99,45 @@ public struct ImageInspector {
         do { try device.load() } catch LUKSError.notLUKS { return nil }
         return .init(uuid: device.uuid, version: 2, cipher: device.cipher, keySizeBits: device.volumeKeySize * 8,
                      sectorSize: device.sectorSize, dataOffset: device.dataOffset, keyslots: device.keyslots)
+    }
+}
+
+/// The partition copies of one `ImageInspector`: anonymous memfds that libblkid and libcryptsetup open as
+/// `/proc/self/fd/N` (sparse: only the copied head takes memory), closed with the inspector. `inspect` and `verify`
+/// thus write nothing anywhere, not even under `$TMPDIR`: they work with a read-only root filesystem and no
+/// `$TMPDIR` (a pipeline stage's pod). Where memfd_create is missing, a private directory under `$TMPDIR` instead.
+/// Not `Sendable`: it owns file descriptors.
+final class PartitionCopies {
+    private var paths: [String: String] = [:]
+    private var descriptors: [Int32] = []
+    private var directory: TemporaryDirectory?
+
+    /// The copy called `name`, created (`size` bytes, filled by `fill`) on first use.
+    func file(named name: String, size: UInt64, of image: String, fill: (RawFile) throws -> Void) throws -> String {
+        if let path = paths[name] { return path }
+        let path: String
+        let copy: RawFile
+        if let create = GNUCalls.memfdCreate {
+            let fd = create("sevimage-" + name, GNUCalls.memfdCloexec)
+            guard fd >= 0 else { throw GeneralError.io("create an in-memory copy of a partition of", path: image, errno: errno) }
+            descriptors.append(fd)
+            path = "/proc/self/fd/\(fd)"
+            guard ftruncate(fd, off_t(clamping: size)) == 0 else {
+                throw GeneralError.io("size an in-memory copy of a partition of", path: image, errno: errno)
+            }
+            copy = try RawFile(path: path, writable: true)
+        } else {
+            if directory == nil { directory = try TemporaryDirectory(near: NSTemporaryDirectory() + "/x", purpose: "sevimage-inspect") }
+            path = directory!.file(name)
+            copy = try RawFile(creating: path, size: size)
+        }
+        try fill(copy)
+        paths[name] = path
+        return path
+    }
+
+    deinit {
+        for fd in descriptors { close(fd) }
     }
 }
 

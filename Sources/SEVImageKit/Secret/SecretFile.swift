@@ -2,7 +2,8 @@ import Foundation
 
 /// Reading and writing files that hold secrets: secret table entries, transport keys, tables.
 ///
-/// Reads refuse what could block or be swapped under us (FIFOs, devices, files others can write);
+/// Reads refuse what could block or be swapped under us (FIFOs, devices, files others can write), and warn
+/// about files others can read (not the process's own group: a Kubernetes Secret with fsGroup, mode 0440);
 /// writes create a new file exclusively with mode 0600, so that a secret never lands in a file
 /// someone else opened first.
 public enum SecretFile {
@@ -13,7 +14,9 @@ public enum SecretFile {
         guard (info.st_mode & S_IFMT) == S_IFREG else { throw SecretFileError.notRegularFile(what, path) }
         guard info.st_mode & (S_IWGRP | S_IWOTH) == 0 else { throw SecretFileError.writableByOthers(what, path) }
         guard info.st_size <= maxSize else { throw SecretFileError.tooLarge(what, path, maxSize) }
-        if info.st_mode & (S_IRGRP | S_IROTH) != 0 {
+        // Readable by the file's group is no one else's business when that group is our own: a Kubernetes Secret
+        // volume gives files root:fsGroup and mode 0440, and the stage runs with that group (runAsGroup = fsGroup).
+        if info.st_mode & S_IROTH != 0 || (info.st_mode & S_IRGRP != 0 && info.st_gid != getegid()) {
             Console.warning("\(what) \(path) is readable by other users; chmod 600 it")
         }
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)

@@ -1,27 +1,41 @@
 import Foundation
 
-/// An external program the tool runs (mke2fs, mkfs.vfat, mtools, grub-mkstandalone, qemu-img).
+/// An external program the tool runs. Every one is a constant below, listed in `RuntimeRequirements.programs`
+/// (what `sevimage doctor` prints and the stage image is built from); the initializer is internal so that the
+/// library cannot start a program that list does not name.
 ///
 /// Arguments never carry a secret: callers pass secrets through files or standard input.
-public struct ExternalTool: Sendable {
+public struct ExternalTool: Sendable, Hashable {
     public let name: String
     /// The Debian package that ships it, for the "not installed" message.
     public let package: String
+    /// The commands that run it, and when (`RuntimeNeed`).
+    public let needs: [RuntimeNeed]
 
-    public init(_ name: String, package: String) {
+    init(_ name: String, package: String, needs: [RuntimeNeed] = []) {
         self.name = name
         self.package = package
+        self.needs = needs
     }
 
-    public static let mke2fs = ExternalTool("mke2fs", package: "e2fsprogs")
-    public static let debugfs = ExternalTool("debugfs", package: "e2fsprogs")
-    public static let mkfsVfat = ExternalTool("mkfs.vfat", package: "dosfstools")
-    public static let mmd = ExternalTool("mmd", package: "mtools")
-    public static let mcopy = ExternalTool("mcopy", package: "mtools")
-    public static let grubMkstandalone = ExternalTool("grub-mkstandalone", package: "grub-efi-amd64-bin and grub-common")
-    public static let grubMkimage = ExternalTool("grub-mkimage", package: "grub-efi-amd64-bin and grub-common")
-    public static let qemuImg = ExternalTool("qemu-img", package: "qemu-utils")
-    public static let qemuSystem = ExternalTool("qemu-system-x86_64", package: "qemu-system-x86")
+    public static let mke2fs = ExternalTool("mke2fs", package: "e2fsprogs", needs: [.always("create")])
+    public static let debugfs = ExternalTool("debugfs", package: "e2fsprogs", needs: [.always("create")])
+    public static let mkfsVfat = ExternalTool("mkfs.vfat", package: "dosfstools", needs: [.always("create")])
+    public static let mcopy = ExternalTool("mcopy", package: "mtools", needs: [.always("create")])
+    /// The ESP's GRUB; with SOURCE_DATE_EPOCH `create` assembles the same image with tar and grub-mkimage instead.
+    public static let grubMkstandalone = ExternalTool("grub-mkstandalone", package: "grub-common",
+                                                      needs: [.init("create", when: "without SOURCE_DATE_EPOCH")])
+    public static let grubMkimage = ExternalTool("grub-mkimage", package: "grub-common",
+                                                 needs: [.init("create", when: "with SOURCE_DATE_EPOCH"), .always("firmware grub")])
+    public static let tar = ExternalTool("tar", package: "tar", needs: [.init("create", when: "with SOURCE_DATE_EPOCH")])
+    /// Decompressors: of a compressed `--rootfs` tarball, and of the tree's initrd (which `create` reads).
+    public static let gzip = ExternalTool("gzip", package: "gzip", needs: [.init("create", when: "for a gzip tarball or initrd")])
+    public static let xz = ExternalTool("xz", package: "xz-utils", needs: [.init("create", when: "for an xz tarball, or an xz or lzma initrd")])
+    public static let zstd = ExternalTool("zstd", package: "zstd", needs: [.init("create", when: "for a zstd tarball or initrd")])
+    public static let bzip2 = ExternalTool("bzip2", package: "bzip2", needs: [.init("create", when: "for a bzip2 tarball or initrd")])
+    public static let lz4 = ExternalTool("lz4", package: "lz4", needs: [.init("create", when: "for an lz4 initrd")])
+    public static let lzop = ExternalTool("lzop", package: "lzop", needs: [.init("create", when: "for an lzo initrd")])
+    public static let qemuSystem = ExternalTool("qemu-system-x86_64", package: "qemu-system-x86", needs: [.always("boot")])
 
     /// The program's absolute path, searched in PATH and the sbin directories (mke2fs lives there).
     public func resolve() throws -> String {

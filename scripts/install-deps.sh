@@ -6,7 +6,7 @@ set -eu
 
 runtime="libcryptsetup-dev libfdisk-dev libblkid-dev libssl-dev pkg-config
   e2fsprogs dosfstools mtools grub-efi-amd64-bin grub-common qemu-utils
-  qemu-system-x86 ovmf busybox-static cpio gzip xz-utils zstd libeatmydata1"
+  qemu-system-x86 ovmf busybox-static cpio tar gzip xz-utils zstd bzip2 lz4 lzop libeatmydata1"
 test_packages="cryptsetup-bin fdisk util-linux python3 python3-pip mmdebstrap"
 # scripts/build-amdsev-ovmf.sh (the AmdSev OVMF tests): unpacking Debian's edk2 source and building it.
 test_packages="$test_packages dpkg-dev nasm acpica-tools uuid-dev build-essential"

@@ -50,4 +50,16 @@ import Testing
         let bogus = try sevimage(["doctor", "--command", "bogus"])
         #expect(bogus.status == 2 && bogus.stderr.contains("unknown command 'bogus'"), "\(bogus)")
     }
+
+    /// The README's first command installs `scripts/install-deps.sh`'s runtime list: it holds every package doctor
+    /// names, so a fresh machine runs every command (a tarball in lzop or lz4 too).
+    @Test func installDepsInstallsWhatDoctorNames() throws {
+        let script = try String(contentsOf: repositoryRoot.appendingPathComponent("scripts/install-deps.sh"), encoding: .utf8)
+        let list = try #require(script.firstMatch(of: /runtime="([^"]*)"/)?.output.1, "no runtime= list in install-deps.sh")
+        let installed = Set(list.split(whereSeparator: \.isWhitespace).map(String.init))
+        let result = try sevimage(["doctor", "--packages"])
+        #expect(result.status == 0, "\(result)")
+        let named = Set(result.stdout.split(separator: "\n").map(String.init))
+        #expect(named.count >= 10 && named.isSubset(of: installed), "install-deps.sh misses \(named.subtracting(installed).sorted())")
+    }
 }

@@ -766,7 +766,7 @@ struct ReliabilityBadInputTests {
         JSONRow(arguments: ["rotate", "vm.qcow2", "--passphrase-file", "none", "--json"], status: 2),
         JSONRow(arguments: ["reencrypt", "none.qcow2", "--passphrase-file", "vm.passphrase", "--json"], status: 2),
         JSONRow(arguments: ["boot", "none.qcow2", "--passphrase-file", "vm.passphrase", "--json"], status: 2),
-        JSONRow(arguments: ["firmware", "measure", "none.fd", "--mode", "sev", "--json"], status: 1),
+        JSONRow(arguments: ["firmware", "measure", "none.fd", "--mode", "sev", "--json"], status: 2),
         JSONRow(arguments: ["secret", "package", "--passphrase-file", "vm.passphrase", "--tk-file", "none", "--launch-measure", "AA==", "--json"], status: 2),
         JSONRow(arguments: ["profiles", "show", "nope", "--json"], status: 2),
         JSONRow(arguments: ["keys", "list", "--bogus", "--json"], status: 2),

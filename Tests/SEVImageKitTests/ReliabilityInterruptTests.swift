@@ -160,6 +160,24 @@ struct ReliabilityInterruptTests {
         #expect(Self.outputs(scratch.path) == [".sevimage-LiveOn", ".sevimage-Young0", ".unrelated-Dead00", "vm.blockdigests", "vm.manifest.json", "vm.passphrase", "vm.qcow2"])
     }
 
+    /// Not only create reaps: any command that makes a work directory (here `firmware grub`) first removes those
+    /// of dead runs beside its output, whatever command left them (an export, a key operation), and keeps live ones.
+    @Test func everyWorkDirectoryReapsDeadSiblings() throws {
+        let scratch = try Scratch()
+        var held: [Int32] = []
+        defer { held.forEach { close($0) } }
+        for (name, hold) in [(".sevimage-export-LiveOn", true), (".sevimage-export-Dead00", false), (".vm.qcow2.sevimage-keys-Dead00", false)] {
+            let path = scratch.file(name)
+            mkdir(path, 0o700)
+            let fd = WorkDirectory.claim(path, output: scratch.file("out"))
+            #expect(fd >= 0)
+            if hold { held.append(fd) } else { close(fd) }
+        }
+        let run = try sevimage(["firmware", "grub", "--output", scratch.file("grub.efi")])
+        #expect(run.status == 0, "\(run)")
+        #expect(Self.outputs(scratch.path) == [".sevimage-export-LiveOn", "grub.efi"])
+    }
+
     /// Issue 16: a rotate refused before its first change to the image (internal snapshots, a LUKS2 requirement
     /// libcryptsetup does not know) leaves nothing behind: no state file, no .new passphrase, no journal; the
     /// message says how to proceed, and keys still works (no "interrupted rotation pending").

@@ -42,7 +42,10 @@ public final class TemporaryDirectory {
     /// The locked owner file that tells a later run this directory is in use (Locking.swift).
     private var owner: Int32 = -1
 
+    /// Removes the work directories that killed runs left beside `outputPath` first (`WorkDirectory.reapStale`), so
+    /// that a SIGKILL'ed export, link or key operation leaves nothing behind for longer than the next run there.
     public init(near outputPath: String, purpose: String = "sevimage") throws {
+        WorkDirectory.reapStale(near: outputPath)
         let directory = PathName.directory(of: outputPath)
         let parent = directory.isEmpty ? "." : directory
         var template = Array("\(parent)/.\(purpose)-XXXXXX".utf8CString)

@@ -415,22 +415,9 @@ struct ProfileFullTOMLTests {
         var accepted = 0, refused = 0
         for _ in 0..<20_000 {
             var input = seeds.randomElement(using: &generator) ?? []
-            for _ in 0..<Int.random(in: 1...4, using: &generator) where !input.isEmpty {
-                let at = Int.random(in: 0..<input.count, using: &generator)
-                switch Int.random(in: 0...3, using: &generator) {
-                case 0: input[at] = alphabet.randomElement(using: &generator) ?? 0
-                case 1: input.insert(alphabet.randomElement(using: &generator) ?? 0, at: at)
-                case 2: input.remove(at: at)
-                default:
-                    let end = min(input.count, at + Int.random(in: 1...40, using: &generator))
-                    input.insert(contentsOf: input[at..<end], at: at)
-                }
-            }
+            ProfileFuzzTests.mutate(&input, alphabet: alphabet, using: &generator) { alphabet.randomElement(using: &$0) ?? 0 }
             do {
-                let document = try TOMLReader.parse(input)
-                var profile = Profile()
-                var origins: [String: ProfileValueOrigin] = [:]
-                try Profile.apply(document, from: "fuzz.toml", to: &profile, origins: &origins)
+                try ProfileFuzzTests.readProfile(input)
                 accepted += 1
             } catch {
                 #expect(!"\(error)".contains { $0.isNewline })

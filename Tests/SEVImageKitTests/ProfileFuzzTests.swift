@@ -18,6 +18,31 @@ struct ProfileFuzzTests {
 
     static let iterations = 100_000
 
+    /// One to four edits of `input`: a byte replaced from `alphabet`, one inserted (drawn by `insert`), one
+    /// deleted, or a slice of up to 40 bytes duplicated.
+    static func mutate(_ input: inout [UInt8], alphabet: [UInt8], using generator: inout Generator,
+                       insert: (inout Generator) -> UInt8) {
+        for _ in 0..<Int.random(in: 1...4, using: &generator) where !input.isEmpty {
+            let at = Int.random(in: 0..<input.count, using: &generator)
+            switch Int.random(in: 0...3, using: &generator) {
+            case 0: input[at] = alphabet.randomElement(using: &generator) ?? 0
+            case 1: input.insert(insert(&generator), at: at)
+            case 2: input.remove(at: at)
+            default:
+                let end = min(input.count, at + Int.random(in: 1...40, using: &generator))
+                input.insert(contentsOf: input[at..<end], at: at)
+            }
+        }
+    }
+
+    /// `input` through the TOML reader and the profile mapping, as `create --profile` reads a file.
+    static func readProfile(_ input: [UInt8]) throws {
+        let document = try TOMLReader.parse(input)
+        var profile = Profile()
+        var origins: [String: ProfileValueOrigin] = [:]
+        try Profile.apply(document, from: "fuzz.toml", to: &profile, origins: &origins)
+    }
+
     @Test func randomAndMutatedInputsNeverTrap() {
         var generator = Generator(state: 0x5EF1_4A6E_0000_0001)
         let seeds = Profile.builtInProfileNames.compactMap { Profile.builtInProfiles[$0] }.map { Array($0.utf8) }
@@ -36,23 +61,10 @@ struct ProfileFuzzTests {
             } else {
                 // A real profile with a few bytes replaced, inserted, deleted or a slice duplicated.
                 input = seeds.randomElement(using: &generator) ?? []
-                for _ in 0..<Int.random(in: 1...4, using: &generator) where !input.isEmpty {
-                    let at = Int.random(in: 0..<input.count, using: &generator)
-                    switch Int.random(in: 0...3, using: &generator) {
-                    case 0: input[at] = alphabet.randomElement(using: &generator) ?? 0
-                    case 1: input.insert(UInt8.random(in: 0...255, using: &generator), at: at)
-                    case 2: input.remove(at: at)
-                    default:
-                        let end = min(input.count, at + Int.random(in: 1...40, using: &generator))
-                        input.insert(contentsOf: input[at..<end], at: at)
-                    }
-                }
+                Self.mutate(&input, alphabet: alphabet, using: &generator) { UInt8.random(in: 0...255, using: &$0) }
             }
             do {
-                let document = try TOMLReader.parse(input)
-                var profile = Profile()
-                var origins: [String: ProfileValueOrigin] = [:]
-                try Profile.apply(document, from: "fuzz.toml", to: &profile, origins: &origins)
+                try Self.readProfile(input)
                 accepted += 1
             } catch let error as TOMLSyntaxError {
                 let oneLine = !error.message.contains { $0.isNewline }
